@@ -1,0 +1,117 @@
+"""Pick the best BC checkpoint from the metrics CSVs, and decide whether BC must (re)train.
+
+Only the CSV of the current names counts: validation losses of different datasets are not
+comparable. A damaged row or an unloadable zip is skipped with a warning, never a crash: a run
+killed mid-epoch must not make the next run unusable.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from bc import checkpoint_file, metrics_file
+from errors import PipelineError
+
+
+@dataclass(frozen=True)
+class BestCheckpoint:
+    path: Path
+    epoch: int
+    train_loss: float
+    val_loss: float
+    epochs_trained: int  # the CSV's highest epoch
+
+
+def _rows(csv_path: Path) -> list[tuple[int, float, float]]:
+    rows = []
+    with open(csv_path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header != ["epoch", "train_loss", "val_loss"]:
+            warnings.warn(f"{csv_path}: unexpected header {header}, skipping the file", stacklevel=3)
+            return rows
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                epoch, train_loss, val_loss = int(row[0]), float(row[1]), float(row[2])
+                if len(row) != 3 or not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                    raise ValueError
+            except (ValueError, IndexError):
+                warnings.warn(f"{csv_path}:{line_no}: skipping unusable row {row}", stacklevel=3)
+                continue
+            rows.append((epoch, train_loss, val_loss))
+    return rows
+
+
+def _loads(path: Path) -> bool:
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    try:
+        _, params, _ = load_from_zip_file(path, device="cpu")
+    except Exception as exc:  # a truncated or foreign zip raises many types
+        warnings.warn(f"skipping checkpoint {path.name}: it does not load ({exc})", stacklevel=3)
+        return False
+    return params is not None and "policy" in params
+
+
+def find_best_checkpoint(directory: Path, name: str) -> BestCheckpoint:
+    """Lowest val_loss among rows whose checkpoint exists and loads."""
+    if not directory.is_dir():
+        raise PipelineError(f"BC checkpoint dir not found: {directory}")
+    csv_path = metrics_file(directory, name)
+    if not csv_path.exists():
+        others = sorted(p.name for p in directory.glob("*_metrics.csv"))
+        if others:
+            print(f"Ignoring metrics of other datasets: {', '.join(others)}")
+        raise PipelineError(f"No metrics CSV files found in {directory}")
+    rows = _rows(csv_path)
+    epochs_trained = max((r[0] for r in rows), default=0)
+    for epoch, train_loss, val_loss in sorted(rows, key=lambda r: (r[2], r[0])):
+        path = checkpoint_file(directory, name, epoch, val_loss)
+        if not path.exists():
+            warnings.warn(f"{csv_path.name}: checkpoint of epoch {epoch} is missing ({path.name})",
+                          stacklevel=2)
+            continue
+        if _loads(path):
+            return BestCheckpoint(path, epoch, train_loss, val_loss, epochs_trained)
+    raise PipelineError("Pipeline failed: No BC checkpoint available")
+
+
+def has_checkpoint(directory: Path, name: str) -> bool:
+    """Cheap check (no loading) used to decide between reuse and training."""
+    return metrics_file(directory, name).exists() and any(directory.glob(f"{name}_epoch*.zip"))
+
+
+def should_train_bc(directory: Path, name: str, skip_bc: bool, force_retrain: bool,
+                    stdin=None, ask=input) -> bool:
+    """QUICKSTART's step 1: reuse or retrain. Prompts only when stdin is a terminal."""
+    stdin = stdin or sys.stdin
+    if force_retrain:
+        print("--force_bc_retrain: training BC from scratch")
+        return True
+    if not directory.is_dir():
+        print(f"BC checkpoint dir not found: {directory}")
+        return True
+    if not has_checkpoint(directory, name):
+        print(f"No BC checkpoint for {name} in {directory}"
+              + ("; --skip_bc has nothing to reuse, training BC" if skip_bc else ", training BC"))
+        return True
+    if skip_bc:
+        print(f"--skip_bc: reusing the BC checkpoints of {name} in {directory}")
+        return False
+    if not stdin.isatty():
+        print(f"Found BC checkpoints for {name} in {directory}; stdin is not a terminal, reusing "
+              "them (pass --force_bc_retrain to retrain)")
+        return False
+    while True:
+        answer = ask(f"BC checkpoints for {name} exist in {directory}. [r]euse or re[t]rain? [r] ")
+        answer = answer.strip().lower()
+        if answer in ("", "r", "reuse"):
+            return False
+        if answer in ("t", "retrain"):
+            return True
+        print("Please answer r (reuse) or t (retrain).")

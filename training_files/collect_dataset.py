@@ -1,0 +1,230 @@
+"""Write a real Minari dataset by rolling out an SB3 policy (no jax, no internet).
+
+The bundled walker2d datasets are made this way from the reference policies in
+`reference_policies/`, so the Quick Start runs on a fresh clone. Observations are recorded raw;
+the policy sees them through its frozen VecNormalize statistics, as it did in training.
+Minari's DataCollector needs jax, so episodes are built as `EpisodeBuffer`s and written with
+`minari.create_dataset_from_buffers`, into a temporary root first and then moved into place,
+because a failed create leaves a partial folder that would block the next attempt.
+
+Usage:
+  python training_files/collect_dataset.py --env_id Walker2d-v4 \
+      --policy reference_policies/walker2d/expert.zip --episodes 100 --seed 0 \
+      --name mujoco/walker2d/expert-v0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from errors import PipelineError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = REPO_ROOT / "reference_policies"
+
+# D4RL's reference returns (random, expert) per env, from d4rl/infos.py. Generated datasets
+# record these, never their own policy's return, so scores stay comparable with papers.
+D4RL_REF_SCORES = {
+    "walker2d": (1.629008, 4592.3),
+    "hopper": (-20.272305, 3234.3),
+    "halfcheetah": (-280.178953, 12135.0),
+    "ant": (-325.6, 3879.7),
+}
+
+
+@dataclass(frozen=True)
+class BundledRecipe:
+    """How one bundled dataset name is generated from a committed reference policy."""
+
+    env_id: str
+    policy: str  # file stem inside reference_policies/<env>/
+    seed: int
+    episodes: int = 100
+    deterministic: bool = False
+    action_noise: float = 0.0
+
+
+# expert-v0 and expert-v1 are two collections of the same expert with different seeds.
+BUNDLED = {
+    ("mujoco", "walker2d", "expert-v0"): BundledRecipe("Walker2d-v4", "expert", seed=0),
+    ("mujoco", "walker2d", "expert-v1"): BundledRecipe("Walker2d-v4", "expert", seed=1),
+    ("mujoco", "walker2d", "medium-v0"): BundledRecipe("Walker2d-v4", "medium", seed=0),
+}
+
+
+def minari_root() -> Path:
+    """Minari's own rule: MINARI_DATASETS_PATH, else ~/.minari/datasets."""
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+
+
+def _load_policy(policy_path: Path, env: gym.Env):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    if not policy_path.exists():
+        raise PipelineError(f"Policy file not found: {policy_path}")
+    model = PPO.load(policy_path, device="cpu")
+    stats = policy_path.with_name(policy_path.stem + "_vecnormalize.pkl")
+    normalizer = None
+    if stats.exists():
+        normalizer = VecNormalize.load(str(stats), DummyVecEnv([lambda: env]))
+        normalizer.training = False
+    return model, normalizer
+
+
+def collect_episodes(env_id: str, policy_path: Path, episodes: int, seed: int,
+                     env_kwargs: dict | None = None, deterministic: bool = False,
+                     action_noise: float = 0.0, progress: bool = True) -> list:
+    """Roll out the policy; returns minari EpisodeBuffers with raw observations (T+1 rows)."""
+    from minari.data_collector import EpisodeBuffer
+
+    env = gym.make(env_id, **(env_kwargs or {}))
+    model, normalizer = _load_policy(Path(policy_path), env)
+    torch.manual_seed(seed)
+    model.policy.action_space.seed(seed)
+    noise_rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
+    buffers = []
+    obs, _ = env.reset(seed=seed)
+    bar = tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress)
+    for episode in range(episodes):
+        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+        done = False
+        while not done:
+            policy_obs = normalizer.normalize_obs(obs) if normalizer is not None else obs
+            action, _ = model.predict(policy_obs, deterministic=deterministic)
+            if action_noise > 0:
+                action = action + action_noise * noise_rng.standard_normal(action.shape)
+            action = np.clip(action, low, high).astype(np.float32)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
+            terminations.append(bool(terminated))
+            truncations.append(bool(truncated))
+            done = terminated or truncated
+        buffers.append(EpisodeBuffer(
+            id=episode, seed=seed if episode == 0 else None,
+            observations=np.asarray(observations, dtype=np.float32),
+            actions=np.asarray(actions, dtype=np.float32), rewards=rewards,
+            terminations=terminations, truncations=truncations, infos={}))
+        bar.update(1)
+        bar.set_postfix(ret=f"{sum(rewards):.0f}")
+        obs, _ = env.reset()
+    bar.close()
+    env.close()
+    return buffers
+
+
+@contextmanager
+def _minari_root_env(root: Path):
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def write_minari_dataset(dataset_id: str, buffers: list, env_id: str, env_kwargs: dict | None,
+                         ref_scores: tuple[float, float] | None, algorithm_name: str,
+                         description: str) -> Path:
+    """Create the dataset under a temporary root, then move it into Minari's directory."""
+    import minari
+    from minari.namespace import create_namespace, list_local_namespaces
+
+    root = minari_root()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / dataset_id
+    if final.exists():
+        raise PipelineError(f"Minari dataset {dataset_id} already exists at {final}")
+    recorded_env = gym.make(env_id, **(env_kwargs or {}))  # its spec keeps the kwargs
+    ref_min, ref_max = ref_scores if ref_scores else (None, None)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        with _minari_root_env(staging):
+            minari.create_dataset_from_buffers(
+                dataset_id=dataset_id, buffer=buffers, env=recorded_env,
+                algorithm_name=algorithm_name, author="hybrid-ppo-pipeline",
+                ref_min_score=ref_min, ref_max_score=ref_max, description=description)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / dataset_id, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    namespace = dataset_id.rsplit("/", 1)[0] if "/" in dataset_id else None
+    with _minari_root_env(root):
+        if namespace and namespace not in list_local_namespaces():
+            create_namespace(namespace)
+    return final
+
+
+def generate_bundled(dataset: str, env: str, name: str, progress: bool = True) -> Path | None:
+    """Generate a bundled dataset name into the Minari directory; None if not bundled."""
+    recipe = BUNDLED.get((dataset, env, name))
+    if recipe is None:
+        return None
+    policy_path = REFERENCE_DIR / env / f"{recipe.policy}.zip"
+    dataset_id = f"{dataset}/{env}/{name}"
+    print(f"GENERATING offline dataset {dataset_id}: {recipe.episodes} episodes of the bundled "
+          f"'{recipe.policy}' policy ({policy_path.relative_to(REPO_ROOT)}), seed {recipe.seed}, "
+          f"into {minari_root()}", flush=True)
+    buffers = collect_episodes(recipe.env_id, policy_path, recipe.episodes, recipe.seed,
+                               deterministic=recipe.deterministic,
+                               action_noise=recipe.action_noise, progress=progress)
+    return write_minari_dataset(
+        dataset_id, buffers, recipe.env_id, None, D4RL_REF_SCORES.get(env),
+        algorithm_name=f"SB3 PPO reference policy '{recipe.policy}' (bundled)",
+        description=f"Generated by collect_dataset.py from reference_policies/{env}/"
+                    f"{recipe.policy}.zip, seed {recipe.seed}, {recipe.episodes} episodes.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env_id", required=True, help="Gymnasium env id, e.g. Walker2d-v4")
+    parser.add_argument("--policy", type=Path, required=True,
+                        help="SB3 PPO zip; <stem>_vecnormalize.pkl beside it is used if present")
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", required=True,
+                        help="Minari dataset id, e.g. mujoco/walker2d/expert-v0")
+    parser.add_argument("--action_noise", type=float, default=0.0,
+                        help="std of Gaussian noise added to each action (default: 0)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="use the policy's mean action instead of sampling")
+    args = parser.parse_args(argv)
+    try:
+        if args.episodes <= 0:
+            raise PipelineError("--episodes must be positive")
+        env = args.name.split("/")[-2] if args.name.count("/") >= 2 else None
+        buffers = collect_episodes(args.env_id, args.policy, args.episodes, args.seed,
+                                   deterministic=args.deterministic,
+                                   action_noise=args.action_noise)
+        returns = [sum(b.rewards) for b in buffers]
+        path = write_minari_dataset(args.name, buffers, args.env_id, None,
+                                    D4RL_REF_SCORES.get(env), algorithm_name=str(args.policy),
+                                    description=f"collect_dataset.py seed {args.seed}")
+    except PipelineError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    print(f"Wrote {path}: {len(buffers)} episodes, mean return {np.mean(returns):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""hparam.yml -> validated, frozen config objects (one per pipeline stage).
+
+Plain YAML only: unlike rl-zoo3, no string is ever evaluated as Python. pydantic does the
+validation so that an unknown key (a typo) or a wrong type fails loudly, naming the entry and
+the field, instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from errors import PipelineError
+
+DEFAULT_HPARAM_FILE = Path(__file__).resolve().parent.parent / "hparam.yml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetArch(_Strict):
+    pi: list[int] = Field(min_length=1)
+    vf: list[int] = Field(min_length=1)
+
+
+class PolicyConfig(_Strict):
+    """The SB3 ActorCriticPolicy shared by BC and HybridPPO (so checkpoints load untranslated)."""
+
+    net_arch: NetArch
+    activation: Literal["tanh", "relu", "elu", "leaky_relu"] = "tanh"
+    log_std_init: float = 0.0
+    ortho_init: bool = True
+
+
+class EnvConfig(_Strict):
+    env_id: str
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    policy: PolicyConfig
+
+
+class BCConfig(EnvConfig):
+    """Settings of a `*-bc-*` entry. Epochs/batch size come from the command line."""
+
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    log_std_min: float = -5.0
+    eval_episodes: int = Field(10, ge=0)
+
+
+class OODConfig(_Strict):
+    """Down-weighting of offline actions the current policy finds unlikely.
+
+    z = ||(a - mean_pi(s)) / std_pi(s)|| / sqrt(action_dim) is the RMS standardised distance
+    of the dataset action from the policy. weight = 1 for z <= z_threshold, then
+    exp(-(z - z_threshold) / temperature), never below min_weight.
+    """
+
+    z_threshold: float = Field(2.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    min_weight: float = Field(0.0, ge=0, le=1)
+
+
+class HybridConfig(EnvConfig):
+    """Settings of a `*-hybrid` entry: SB3 PPO's own knobs plus the offline-mixing ones."""
+
+    total_timesteps: int = Field(gt=0)
+    n_envs: int = Field(1, gt=0)
+    n_steps: int = Field(2048, gt=1)
+    batch_size: int = Field(64, gt=1)
+    n_epochs: int = Field(10, gt=0)
+    learning_rate: float = Field(3e-4, gt=0)
+    gamma: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0)
+    ent_coef: float = 0.0
+    vf_coef: float = Field(0.5, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    target_kl: float | None = None
+    log_std_min: float = -20.0
+    segment_length: int = Field(64, gt=0)
+    warmup_learning_rate: float = Field(1e-3, gt=0)
+    warmup_batch_size: int = Field(256, gt=0)
+    ood: OODConfig = Field(default_factory=OODConfig)
+    eval_freq: int = Field(10_000, gt=0)
+    eval_episodes: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_fits_rollout(self) -> HybridConfig:
+        if self.batch_size > self.n_steps * self.n_envs:
+            raise ValueError(f"batch_size {self.batch_size} exceeds n_steps*n_envs "
+                             f"{self.n_steps * self.n_envs}")
+        return self
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PipelineError(f"Cannot read hparam file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PipelineError(f"Malformed YAML in {path}{where}: {problem}") from exc
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path} must map hparam keys to entries, got {type(data).__name__}")
+    return data
+
+
+def _validate(model: type[_Strict], key: str, raw: Any, path: Path) -> Any:
+    if not isinstance(raw, dict):
+        raise PipelineError(f"hparam entry '{key}' in {path} must be a mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(entry)"
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{field}'"
+        else:
+            msg = f"field '{field}': {err['msg']}"
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise PipelineError(f"hparam entry '{key}' in {path}: {msg}{more}") from exc
+
+
+def load_hparams(bc_key: str, hybrid_key: str,
+                 path: Path = DEFAULT_HPARAM_FILE) -> tuple[BCConfig, HybridConfig]:
+    """Both entries of one run, validated together before any work starts."""
+    data = _load_yaml(path)
+    for kind, key in (("BC", bc_key), ("Hybrid", hybrid_key)):
+        if key not in data:
+            raise PipelineError(f"ERROR: {kind} hparam key '{key}' not found in {path.name}")
+    bc = _validate(BCConfig, bc_key, data[bc_key], path)
+    hybrid = _validate(HybridConfig, hybrid_key, data[hybrid_key], path)
+    if (bc.env_id, bc.env_kwargs) != (hybrid.env_id, hybrid.env_kwargs):
+        raise PipelineError(f"'{bc_key}' trains on {bc.env_id} {bc.env_kwargs} but '{hybrid_key}' "
+                            f"fine-tunes on {hybrid.env_id} {hybrid.env_kwargs}: they must match")
+    if bc.policy.net_arch != hybrid.policy.net_arch or bc.policy.activation != hybrid.policy.activation:
+        raise PipelineError(f"'{bc_key}' and '{hybrid_key}' must use the same policy net_arch and "
+                            "activation: HybridPPO starts from the BC checkpoint")
+    return bc, hybrid
+
+
+def validate_file(path: Path = DEFAULT_HPARAM_FILE) -> dict[str, _Strict]:
+    """Every entry of the file, validated by its key's suffix (used by tests and CI)."""
+    out = {}
+    for key, raw in _load_yaml(path).items():
+        model = HybridConfig if key.endswith("-hybrid") else BCConfig
+        out[key] = _validate(model, key, raw, path)
+    return out

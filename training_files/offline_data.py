@@ -1,0 +1,314 @@
+"""Dataset names -> one flat array of transitions, whatever format the data came in.
+
+Resolution order for each `--names` entry (first hit wins, the run log records which):
+  1. a local Minari dataset `<dataset>/<env>/<name>` (MINARI_DATASETS_PATH, else ~/.minari/datasets);
+  2. a D4RL HDF5 file under D4RL's own file name in D4RL_DATASET_DIR (else ~/.d4rl/datasets),
+     read with h5py: `pip install d4rl` cannot work on Python 3.11 (it needs mujoco-py, old gym);
+  3. generation from a bundled reference policy into the Minari directory;
+  4. a PipelineError naming every place searched and how to get the data.
+Minari is never asked to download: offline, `load_dataset(download=True)` retries ~24 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from collect_dataset import BUNDLED, D4RL_REF_SCORES, generate_bundled, minari_root
+from errors import PipelineError
+
+
+@dataclass
+class OfflineData:
+    """Transitions of all episodes back to back; episode boundaries kept in `episode_ends`.
+
+    `truncations` marks episodes cut by a time limit or by the end of the recording: their
+    last value bootstraps from V(next_obs). `terminations` marks true ends (no bootstrap).
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+    next_observations: np.ndarray
+    behaviour_log_probs: np.ndarray | None = None
+    ref_scores: tuple[float, float] | None = None
+    ref_scores_source: str = "none"
+    provenance: list[dict] = field(default_factory=list)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        return self.terminations | self.truncations
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        """Index of each episode's first transition."""
+        ends = np.flatnonzero(self.episode_ends)
+        return np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+
+    @property
+    def episode_returns(self) -> np.ndarray:
+        return np.add.reduceat(self.rewards, self.episode_starts)
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def select_episodes(self, episode_ids: np.ndarray) -> OfflineData:
+        """Subset by episode (used for the BC train/val split)."""
+        starts = self.episode_starts
+        stops = np.append(starts[1:], len(self))
+        idx = np.concatenate([np.arange(starts[i], stops[i]) for i in episode_ids])
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return OfflineData(self.observations[idx], self.actions[idx], self.rewards[idx],
+                           self.terminations[idx], self.truncations[idx],
+                           self.next_observations[idx], pick(self.behaviour_log_probs),
+                           self.ref_scores, self.ref_scores_source, self.provenance)
+
+
+def normalized_score(raw_return: float, ref_scores: tuple[float, float] | None) -> float | None:
+    """D4RL's 100*(R-min)/(max-min); None when the env has no reference scores (humanoid)."""
+    if ref_scores is None:
+        return None
+    low, high = ref_scores
+    return 100.0 * (raw_return - low) / (high - low)
+
+
+def d4rl_ref_scores(env: str) -> tuple[float, float] | None:
+    return D4RL_REF_SCORES.get(env)
+
+
+# --------------------------------------------------------------------------- locations
+
+def d4rl_dir() -> Path:
+    return Path(os.environ.get("D4RL_DATASET_DIR") or Path.home() / ".d4rl" / "datasets")
+
+
+def d4rl_file_name(env: str, name: str) -> str:
+    """D4RL's download names: walker2d_expert.hdf5 (v0), walker2d_medium_replay-v2.hdf5."""
+    m = re.fullmatch(r"(.+)-v(\d+)", name)
+    if not m:
+        raise PipelineError(f"Dataset name '{name}' must end in -v<N>, e.g. expert-v0")
+    kind, version = m.group(1).replace("-", "_"), int(m.group(2))
+    return f"{env}_{kind}.hdf5" if version == 0 else f"{env}_{kind}-v{version}.hdf5"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- readers
+
+def _from_arrays(obs, next_obs, actions, rewards, terms, truncs, where: str,
+                 log_probs=None) -> OfflineData:
+    n = len(rewards)
+    if n == 0:
+        raise PipelineError(f"Dataset {where} is empty")
+    for label, arr in (("observations", obs), ("next_observations", next_obs),
+                       ("actions", actions), ("terminations", terms), ("truncations", truncs)):
+        if len(arr) != n:
+            raise PipelineError(f"Dataset {where}: {label} has {len(arr)} rows but rewards has {n}")
+    for label, arr in (("observations", obs), ("next_observations", next_obs),
+                       ("actions", actions), ("rewards", rewards)):
+        if not np.all(np.isfinite(arr)):
+            raise PipelineError(f"Dataset {where}: {label} contain NaN or inf values")
+    terms, truncs = np.asarray(terms, bool), np.asarray(truncs, bool)
+    truncs = truncs & ~terms
+    truncs[-1] |= not terms[-1]  # the recording's end is a cut, not a termination
+    return OfflineData(np.asarray(obs, np.float32), np.asarray(actions, np.float32),
+                       np.asarray(rewards, np.float32).reshape(-1), terms, truncs,
+                       np.asarray(next_obs, np.float32),
+                       None if log_probs is None else np.asarray(log_probs, np.float32))
+
+
+def _load_minari(dataset_id: str, path: Path) -> tuple[OfflineData, dict]:
+    import minari
+
+    try:
+        ds = minari.load_dataset(dataset_id)
+        episodes = list(ds.iterate_episodes())
+    except Exception as exc:  # minari raises many types for a broken folder
+        raise PipelineError(f"Minari dataset {dataset_id} at {path} cannot be read: {exc}") from exc
+    if not episodes:
+        raise PipelineError(f"Minari dataset {dataset_id} at {path} is empty")
+    if not isinstance(episodes[0].observations, np.ndarray):
+        raise PipelineError(f"Minari dataset {dataset_id}: only flat Box observations are supported")
+    for ep in episodes:
+        if len(ep.observations) != len(ep.rewards) + 1:
+            raise PipelineError(f"Minari dataset {dataset_id}: episode {ep.id} has "
+                                f"{len(ep.observations)} observations for {len(ep.rewards)} steps")
+    cat = np.concatenate
+    data = _from_arrays(
+        cat([ep.observations[:-1] for ep in episodes]), cat([ep.observations[1:] for ep in episodes]),
+        cat([ep.actions for ep in episodes]), cat([ep.rewards for ep in episodes]),
+        cat([ep.terminations for ep in episodes]),
+        cat([_episode_cut(ep.truncations, ep.terminations) for ep in episodes]), dataset_id)
+    meta = ds.storage.metadata
+    if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+        data.ref_scores = (float(meta["ref_min_score"]), float(meta["ref_max_score"]))
+        data.ref_scores_source = f"minari:{dataset_id}"
+    env_spec = ds.env_spec
+    info = {"source": "minari", "dataset_id": dataset_id, "path": str(path),
+            "episodes": len(episodes), "transitions": len(data),
+            "minari_version": str(ds.minari_version),
+            "recorded_env_id": env_spec.id if env_spec is not None else None,
+            "generated_by": meta.get("author") and str(meta.get("algorithm_name"))}
+    return data, info
+
+
+def _episode_cut(truncs: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """Every episode ends in a termination or truncation, even if the recorder forgot one."""
+    truncs = np.array(truncs, dtype=bool)
+    if len(truncs) and not (truncs[-1] or terms[-1]):
+        truncs[-1] = True
+    return truncs
+
+
+def _load_d4rl(path: Path, where: str, max_episode_steps: int | None) -> tuple[OfflineData, dict]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("observations", "actions", "rewards", "terminals") if k not in f]
+            if missing:
+                raise PipelineError(f"D4RL file {path} lacks the key(s) {', '.join(missing)}")
+            obs = f["observations"][:]
+            actions = f["actions"][:]
+            rewards = f["rewards"][:].reshape(-1)
+            terms = f["terminals"][:].reshape(-1).astype(bool)
+            timeouts = f["timeouts"][:].reshape(-1).astype(bool) if "timeouts" in f else None
+            next_obs = f["next_observations"][:] if "next_observations" in f else None
+            log_probs = f["infos/action_log_probs"][:] if "infos/action_log_probs" in f else None
+    except PipelineError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise PipelineError(f"D4RL file {path} is not a readable HDF5 dataset: {exc}") from exc
+    n = len(rewards)
+    if len(obs) != n or len(actions) != n or len(terms) != n:
+        raise PipelineError(f"D4RL file {path}: observations/actions/rewards/terminals lengths "
+                            f"differ ({len(obs)}/{len(actions)}/{n}/{len(terms)})")
+    if timeouts is None:
+        # v0 files have no timeouts key: D4RL's own loader counts steps to the time limit.
+        timeouts = np.zeros(n, bool)
+        step = 0
+        for i in range(n):
+            step += 1
+            if terms[i] or (max_episode_steps and step >= max_episode_steps):
+                timeouts[i] = not terms[i]
+                step = 0
+    if next_obs is None:
+        # Without next_observations the last step of each episode has no successor: dropped,
+        # as d4rl.qlearning_dataset does. obs[t+1] is the successor everywhere else.
+        drop = timeouts.copy()
+        drop[-1] |= not terms[-1]
+        next_obs = np.concatenate([obs[1:], obs[-1:]])
+        timeouts = np.zeros(n, bool)
+        timeouts[:-1] = drop[1:] & ~terms[:-1]
+        keep = ~drop
+        idx = np.flatnonzero(keep)
+        obs, next_obs, actions, rewards = obs[idx], next_obs[idx], actions[idx], rewards[idx]
+        terms, timeouts = terms[idx], timeouts[idx]
+        log_probs = None if log_probs is None else log_probs[idx]
+    data = _from_arrays(obs, next_obs, actions, rewards, terms, timeouts, str(path), log_probs)
+    info = {"source": "d4rl", "path": str(path), "episodes": int(data.episode_ends.sum()),
+            "transitions": len(data), "sha256": _sha256(path),
+            "behaviour_log_probs": log_probs is not None}
+    return data, info
+
+
+# --------------------------------------------------------------------------- resolution
+
+def _resolve_one(dataset: str, env: str, name: str, max_episode_steps: int | None,
+                 generate: bool) -> tuple[OfflineData, dict]:
+    dataset_id = f"{dataset}/{env}/{name}"
+    minari_path = minari_root() / dataset_id
+    if (minari_path / "data").exists():
+        return _load_minari(dataset_id, minari_path)
+    d4rl_path = d4rl_dir() / d4rl_file_name(env, name)
+    if d4rl_path.exists():
+        return _load_d4rl(d4rl_path, dataset_id, max_episode_steps)
+    if generate and (dataset, env, name) in BUNDLED:
+        generate_bundled(dataset, env, name)
+        data, info = _load_minari(dataset_id, minari_path)
+        info["source"] = "generated"
+        return data, info
+    bundled = sorted(n for (d, e, n) in BUNDLED if (d, e) == (dataset, env))
+    hint = (f"; bundled names that generate offline: {', '.join(bundled)}" if bundled else
+            f"; no bundled policy for {env}")
+    raise PipelineError(
+        f"Dataset {dataset_id} not found. Searched: Minari {minari_path} and D4RL {d4rl_path}"
+        f"{hint}. Get it with `minari download {dataset_id}` on a connected machine (copy "
+        f"{minari_root()} over), place D4RL's {d4rl_path.name} in {d4rl_dir()}, or write one "
+        f"with `python training_files/collect_dataset.py --name {dataset_id} ...`")
+
+
+def _check_env_fit(data: OfflineData, infos: list[dict], env_id: str, env_kwargs: dict,
+                   candidates: dict[str, tuple[str, dict]]) -> None:
+    try:
+        env = gym.make(env_id, **env_kwargs)
+    except Exception as exc:  # gymnasium raises several types for a bad id or kwargs
+        raise PipelineError(f"Cannot create env {env_id} {env_kwargs}: {exc}") from exc
+    obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
+    env.close()
+    got_obs, got_act = data.observations.shape[1:], data.actions.shape[1:]
+    if (got_obs, got_act) != (obs_shape, act_shape):
+        fits = []
+        for key, (cand_id, cand_kwargs) in candidates.items():
+            try:
+                cand = gym.make(cand_id, **cand_kwargs)
+            except Exception:  # an entry whose env is not installed simply does not fit
+                continue
+            if (cand.observation_space.shape, cand.action_space.shape) == (got_obs, got_act):
+                fits.append(key)
+            cand.close()
+        recorded = {i.get("recorded_env_id") for i in infos} - {None}
+        raise PipelineError(
+            f"Dataset has obs {got_obs}, actions {got_act} but {env_id} {env_kwargs or ''} has "
+            f"obs {obs_shape}, actions {act_shape}"
+            + (f"; it was recorded on {', '.join(sorted(recorded))}" if recorded else "")
+            + (f"; hparam entries that fit: {', '.join(fits)}" if fits
+               else "; no hparam entry fits: add one with the recorded env_id"))
+    for info in infos:
+        recorded = info.get("recorded_env_id")
+        if recorded and recorded != env_id:
+            warnings.warn(f"{info.get('dataset_id', info['path'])} was recorded on {recorded} but "
+                          f"fine-tuning uses {env_id}: same shapes, different dynamics possible",
+                          stacklevel=2)
+
+
+def load_offline_data(dataset: str, env: str, names: list[str], env_id: str,
+                      env_kwargs: dict | None = None,
+                      candidates: dict[str, tuple[str, dict]] | None = None,
+                      generate: bool = True) -> OfflineData:
+    """All `names` resolved, concatenated with episode boundaries kept, checked against env_id."""
+    env_kwargs = env_kwargs or {}
+    max_steps = gym.spec(env_id).max_episode_steps if env_id in gym.registry else None
+    parts = [_resolve_one(dataset, env, name, max_steps, generate) for name in names]
+    shapes = {(d.observations.shape[1:], d.actions.shape[1:]) for d, _ in parts}
+    if len(shapes) > 1:
+        raise PipelineError(f"Datasets {', '.join(names)} have different obs/action shapes: {shapes}")
+    datas = [d for d, _ in parts]
+    has_log_probs = all(d.behaviour_log_probs is not None for d in datas)
+    cat = lambda attr: np.concatenate([getattr(d, attr) for d in datas])  # noqa: E731
+    data = OfflineData(cat("observations"), cat("actions"), cat("rewards"), cat("terminations"),
+                       cat("truncations"), cat("next_observations"),
+                       cat("behaviour_log_probs") if has_log_probs else None)
+    data.provenance = [dict(info, name=name) for (_, info), name in zip(parts, names)]
+    own = {d.ref_scores for d in datas if d.ref_scores is not None}
+    if len(own) == 1 and all(d.ref_scores is not None for d in datas):
+        data.ref_scores, data.ref_scores_source = own.pop(), datas[0].ref_scores_source
+    elif d4rl_ref_scores(env) is not None:
+        data.ref_scores, data.ref_scores_source = d4rl_ref_scores(env), f"d4rl:{env}"
+    _check_env_fit(data, data.provenance, env_id, env_kwargs, candidates or {})
+    return data

@@ -1,0 +1,313 @@
+"""BC on offline data -> best BC checkpoint -> hybrid PPO fine-tuning -> run log.
+
+The five steps of QUICKSTART's WORKFLOW, each one call into its own module:
+  1. checkpoints.should_train_bc   reuse or retrain (asks only on a terminal)
+  2. bc.train_bc                   checkpoints + <name>_metrics.csv
+  3. checkpoints.find_best_checkpoint   lowest val_loss that loads
+  4. hybrid_training.train_hybrid  HybridPPO from that checkpoint, V-trace on offline data
+  5. run_log.append_run            logs/pipeline_runs.json
+Every mistake a user can cause ends as one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from errors import PipelineError  # noqa: E402
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+DEFAULT_LOG = Path("logs/pipeline_runs.json")
+
+
+# ------------------------------------------------------------------------------ arguments
+
+def _typed(kind, check, requirement):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: '{text}'") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {requirement}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _typed(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _typed(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = _typed(float, lambda v: v > 0 and v < float("inf"), "a positive number")
+non_negative_float = _typed(float, lambda v: 0 <= v < float("inf"), "a non-negative number")
+unit_float = _typed(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+finite_float = _typed(float, lambda v: abs(v) < float("inf"), "a finite number")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_hybrid_pipeline.py",
+        description="Train BC on an offline MuJoCo dataset, pick the best BC checkpoint by "
+                    "validation loss, fine-tune it online with HybridPPO (PPO + offline data "
+                    "with V-trace), and append the run to logs/pipeline_runs.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    req = p.add_argument_group("required")
+    req.add_argument("--dataset", required=True, help="Dataset type (e.g., mujoco)")
+    req.add_argument("--env", required=True, help="Environment name (e.g., walker2d, humanoid, ant)")
+    req.add_argument("--names", required=True, nargs="+",
+                     help="Dataset variant names (e.g., expert-v0 expert-v1); several are "
+                          "concatenated with episode boundaries kept")
+    req.add_argument("--hparam_bc", required=True, help="Hparam key for BC training (e.g., Walker2d-v4-bc-large)")
+    req.add_argument("--hparam_hybrid", required=True, help="Hparam key for hybrid PPO (e.g., Walker2d-v4-hybrid)")
+
+    opt = p.add_argument_group("optional")
+    opt.add_argument("--seed", type=int, default=42, help="Random seed")
+    reuse = opt.add_mutually_exclusive_group()
+    reuse.add_argument("--skip_bc", action="store_true",
+                       help="Skip BC training if checkpoint exists (trains when none exists)")
+    reuse.add_argument("--force_bc_retrain", action="store_true",
+                       help="Force BC retraining (earlier checkpoints move to superseded/)")
+    opt.add_argument("--num_bc_epochs", type=positive_int, default=50, help="BC epochs")
+    opt.add_argument("--bc_batch_size", type=positive_int, default=128, help="BC batch size")
+    opt.add_argument("--bc_coeff", type=non_negative_float, default=0.005,
+                     help="BC loss coefficient: weight of the OOD-weighted -log pi(a|s) on "
+                          "offline samples in the hybrid loss (BC training itself is unscaled)")
+    opt.add_argument("--warm_start_steps", type=non_negative_int, default=100,
+                     help="Value finetune steps: gradient steps fitting only the critic to "
+                          "dataset returns before the first rollout (not env steps)")
+    opt.add_argument("--log_interval", type=positive_int, default=10, help="BC logging interval (epochs)")
+    opt.add_argument("--save_every_epochs", type=positive_int, default=5,
+                     help="Save BC checkpoint every N epochs (and at the last epoch)")
+    opt.add_argument("--mix_ratio", type=unit_float, default=0.5,
+                     help="Offline/online split, 0..1: offline share of each update's samples "
+                          "(0 = plain PPO; 1 = offline only, rollouts still collected for "
+                          "evaluation and logging)")
+    opt.add_argument("--rho_bar", type=positive_float, default=1.0, help="V-trace rho_bar cap")
+    opt.add_argument("--c_bar", type=positive_float, default=0.95, help="V-trace c_bar cap")
+    opt.add_argument("--log_std_subtract", type=finite_float, default=0.0,
+                     help="Subtract from log_std: applied once to the BC policy when HybridPPO "
+                          "starts (less initial exploration noise than BC learned)")
+    opt.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                     help="Device: auto picks cuda, else mps, else cpu")
+
+    extra = p.add_argument_group("more")
+    extra.add_argument("--save_file", type=Path, default=None,
+                       help="Hybrid PPO zip (default: hybrid_ppo_<env>_<timestamp>.zip)")
+    extra.add_argument("--total_timesteps", type=positive_int, default=None,
+                       help="Online env steps of hybrid PPO (default: the hparam entry's)")
+    extra.add_argument("--hparam_file", type=Path, default=None,
+                       help="hparam YAML file (default: hparam.yml at the repository root)")
+    extra.add_argument("--bc_checkpoint_dir", type=Path, default=Path("bc_checkpoints"),
+                       help="Root of BC checkpoints: <dir>/<dataset>/<env>/")
+    extra.add_argument("--log_file", type=Path, default=DEFAULT_LOG, help="Append-only run log")
+    extra.add_argument("--wandb", action="store_true",
+                       help="Also log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
+    extra.add_argument("--wandb_project", default="hybrid-ppo-pipeline", help="W&B project")
+    extra.add_argument("--no_progress", action="store_true", help="Hide progress bars")
+    return p
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def resolve_device(choice: str) -> str:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if choice == "auto":
+        device = "cuda" if cuda else "mps" if mps else "cpu"
+        print(f"Device: {device} (auto)")
+        return device
+    if (choice == "cuda" and not cuda) or (choice == "mps" and not mps):
+        raise PipelineError(f"--device {choice} requested but {choice.upper()} is not available "
+                            "on this machine; use --device cpu or auto")
+    print(f"Device: {choice}")
+    return choice
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "stable-baselines3", "gymnasium", "mujoco", "minari", "numpy", "h5py"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _start_wandb(args, config: dict):
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        return wandb.init(project=args.wandb_project, config=config, sync_tensorboard=True,
+                          name=Path(config["save_file"]).stem)
+    except Exception as exc:  # wandb raises its own types for login/network problems
+        raise PipelineError(f"W&B could not start ({exc}); set WANDB_MODE=offline or drop --wandb") from exc
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+def run_pipeline(args, entry: dict) -> dict:
+    """The WORKFLOW proper; fills `entry` as it goes so a failure still logs what happened."""
+    from hparams import DEFAULT_HPARAM_FILE, load_hparams
+
+    bc_cfg, hybrid_cfg = load_hparams(args.hparam_bc, args.hparam_hybrid,
+                                      args.hparam_file or DEFAULT_HPARAM_FILE)
+    entry["config"] = {"bc": bc_cfg.model_dump(), "hybrid": hybrid_cfg.model_dump()}
+    device = resolve_device(args.device)
+    entry["device"] = device
+
+    import torch
+    from stable_baselines3.common.utils import set_random_seed
+
+    import bc
+    import checkpoints
+    from evaluation import evaluate, make_eval_env
+    from hparams import validate_file
+    from hybrid_training import HybridSettings, train_hybrid
+    from offline_data import load_offline_data
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    set_random_seed(args.seed)
+    all_entries = validate_file(args.hparam_file or DEFAULT_HPARAM_FILE)
+    candidates = {k: (v.env_id, v.env_kwargs) for k, v in all_entries.items()}
+    data = load_offline_data(args.dataset, args.env, args.names, hybrid_cfg.env_id,
+                             hybrid_cfg.env_kwargs, candidates)
+    entry["dataset"] = {"sources": data.provenance, "transitions": len(data),
+                        "episodes": len(data.episode_starts),
+                        "mean_episode_return": float(data.episode_returns.mean()),
+                        "ref_scores": data.ref_scores, "ref_scores_source": data.ref_scores_source}
+    print(f"Offline data: {len(data)} transitions in {len(data.episode_starts)} episodes "
+          f"({', '.join(p['source'] + ':' + p['name'] for p in data.provenance)}), "
+          f"mean episode return {data.episode_returns.mean():.1f}; normalised scores use "
+          f"{data.ref_scores_source}")
+
+    # 1-2. BC
+    ckpt_dir = bc.checkpoint_dir(args.bc_checkpoint_dir, args.dataset, args.env)
+    name = bc.run_name(args.names)
+    if checkpoints.should_train_bc(ckpt_dir, name, args.skip_bc, args.force_bc_retrain):
+        moved = bc.archive_previous(ckpt_dir, name) if ckpt_dir.is_dir() else None
+        if moved:
+            print(f"Earlier BC checkpoints of {name} moved to {moved}")
+        settings = bc.BCSettings(args.num_bc_epochs, args.bc_batch_size, args.log_interval,
+                                 args.save_every_epochs, args.seed, device)
+        bc.train_bc(data, bc_cfg, settings, ckpt_dir, name)
+        entry["bc_trained"] = True
+    else:
+        entry["bc_trained"] = False
+
+    # 3. selection
+    best = checkpoints.find_best_checkpoint(ckpt_dir, name)
+    entry["bc"] = {"best_checkpoint": str(best.path), "val_loss": best.val_loss,
+                   "train_loss": best.train_loss, "best_epoch": best.epoch,
+                   "epochs": best.epochs_trained}
+    print(f"Best BC checkpoint: {best.path} (epoch {best.epoch}, val_loss {best.val_loss:.4f})")
+    if bc_cfg.eval_episodes > 0:
+        from stable_baselines3 import PPO
+
+        bc_model = PPO.load(best.path, device=device)
+        bc_eval = evaluate(bc_model, make_eval_env(bc_cfg.env_id, bc_cfg.env_kwargs, args.seed + 20_000),
+                           bc_cfg.eval_episodes, data.ref_scores)
+        entry["bc"]["eval"] = bc_eval
+        print(f"BC policy: mean return {bc_eval['mean_reward']:.1f} +- {bc_eval['std_reward']:.1f}"
+              + (f", normalised {bc_eval['normalized_score']:.1f}" if bc_eval["normalized_score"]
+                 is not None else "") + f" over {bc_eval['episodes']} episodes")
+
+    # 4. hybrid PPO
+    save_file = Path(entry["save_file"])
+    tb_dir = Path("tb_test") / "hybrid" / args.dataset / args.env / save_file.stem
+    settings = HybridSettings(args.mix_ratio, args.rho_bar, args.c_bar, args.bc_coeff,
+                              args.warm_start_steps, args.log_std_subtract, args.seed, device,
+                              args.total_timesteps or hybrid_cfg.total_timesteps, save_file, tb_dir)
+    entry["tensorboard_dir"] = str(tb_dir)
+    run = None
+    if args.wandb:
+        run = _start_wandb(args, {**vars(args), **entry})
+        entry["wandb_run"] = {"id": run.id, "dir": run.dir, "mode": os.environ.get("WANDB_MODE")}
+    print(f"Hybrid PPO: {settings.total_timesteps} online steps, mix_ratio {args.mix_ratio}, "
+          f"TensorBoard: {tb_dir}")
+
+    def report(ev):
+        norm = ev["normalized_score"]
+        print(f"  eval @ {ev['timesteps']} steps: return {ev['mean_reward']:.1f}"
+              + (f" (normalised {norm:.1f})" if norm is not None else ""), flush=True)
+
+    try:
+        result = train_hybrid(data, best.path, hybrid_cfg, settings,
+                              progress=not args.no_progress, on_eval=report)
+    finally:
+        if run is not None:
+            run.finish()
+    entry.update(hybrid_save_file=str(result.save_file), hybrid_timesteps=result.timesteps,
+                 final_eval=result.final_eval, warmup=result.warmup,
+                 evaluations=result.evaluations)
+    print(f"Saved hybrid PPO model to {result.save_file} after {result.timesteps} steps")
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.time()
+    stamp = datetime.now(timezone.utc)
+    save_file = args.save_file or Path(f"hybrid_ppo_{args.env}_{stamp.strftime('%Y%m%d_%H%M%S')}.zip")
+    entry = {"time": stamp.isoformat(timespec="seconds"), "argv": sys.argv[:1] + (argv or sys.argv[1:]),
+             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+             "save_file": str(save_file), "status": "running"}
+    code = 0
+    try:
+        run_pipeline(args, entry)
+        entry["status"] = "ok"
+    except PipelineError as exc:
+        message = str(exc)
+        if not message.startswith(("ERROR:", "Pipeline failed:")):
+            message = f"ERROR: {message}"
+        print(message, file=sys.stderr)
+        entry.update(status="failed", error=message)
+        code = EXIT_ERROR
+    except KeyboardInterrupt:
+        print("Interrupted: what was trained is saved; run logged as 'interrupted'", file=sys.stderr)
+        entry["status"] = "interrupted"
+        code = EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not bad input: log it, then show the traceback
+        entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        _log(args, entry, started)
+        raise
+    _log(args, entry, started)
+    return code
+
+
+def _log(args, entry: dict, started: float) -> None:
+    from run_log import append_run
+
+    entry.update(wall_time_s=round(time.time() - started, 1), git_commit=_git_commit(),
+                 versions=_versions(), host={"platform": platform.platform(),
+                                             "cpus": os.cpu_count()})
+    path = append_run(entry, args.log_file)
+    print(f"Run logged to {path} (status: {entry['status']})")
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore", message=".*is out of date.*")
+    sys.exit(main())
