@@ -7,6 +7,7 @@ the field, instead of silently falling back to a default.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,13 +98,24 @@ class HybridConfig(EnvConfig):
         return self
 
 
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e6 and 3e-4 as floats (YAML 1.2); PyYAML's 1.1 rules
+    would hand them over as strings and a number written naturally would be rejected."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def _load_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
         raise PipelineError(f"Cannot read hparam file {path}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Yaml12FloatLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -125,7 +137,7 @@ def _validate(model: type[_Strict], key: str, raw: Any, path: Path) -> Any:
         if err["type"] == "extra_forbidden":
             msg = f"unknown key '{field}'"
         else:
-            msg = f"field '{field}': {err['msg']}"
+            msg = f"field '{field}': {err['msg']} (got {err.get('input')!r})"
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise PipelineError(f"hparam entry '{key}' in {path}: {msg}{more}") from exc
 

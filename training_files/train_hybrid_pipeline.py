@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train BC on an offline MuJoCo dataset, pick the best BC checkpoint by "
                     "validation loss, fine-tune it online with HybridPPO (PPO + offline data "
                     "with V-trace), and append the run to logs/pipeline_runs.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="See README.md and docs/QUICKSTART.txt for the workflow and outputs.")
     req = p.add_argument_group("required")
     req.add_argument("--dataset", required=True, help="Dataset type (e.g., mujoco)")
     req.add_argument("--env", required=True, help="Environment name (e.g., walker2d, humanoid, ant)")
@@ -69,48 +69,48 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--hparam_hybrid", required=True, help="Hparam key for hybrid PPO (e.g., Walker2d-v4-hybrid)")
 
     opt = p.add_argument_group("optional")
-    opt.add_argument("--seed", type=int, default=42, help="Random seed")
+    opt.add_argument("--seed", type=int, default=42, help="Random seed (default: %(default)s)")
     reuse = opt.add_mutually_exclusive_group()
     reuse.add_argument("--skip_bc", action="store_true",
                        help="Skip BC training if checkpoint exists (trains when none exists)")
     reuse.add_argument("--force_bc_retrain", action="store_true",
                        help="Force BC retraining (earlier checkpoints move to superseded/)")
-    opt.add_argument("--num_bc_epochs", type=positive_int, default=50, help="BC epochs")
-    opt.add_argument("--bc_batch_size", type=positive_int, default=128, help="BC batch size")
+    opt.add_argument("--num_bc_epochs", type=positive_int, default=50, help="BC epochs (default: %(default)s)")
+    opt.add_argument("--bc_batch_size", type=positive_int, default=128, help="BC batch size (default: %(default)s)")
     opt.add_argument("--bc_coeff", type=non_negative_float, default=0.005,
                      help="BC loss coefficient: weight of the OOD-weighted -log pi(a|s) on "
-                          "offline samples in the hybrid loss (BC training itself is unscaled)")
+                          "offline samples in the hybrid loss (BC training itself is unscaled) (default: %(default)s)")
     opt.add_argument("--warm_start_steps", type=non_negative_int, default=100,
                      help="Value finetune steps: gradient steps fitting only the critic to "
-                          "dataset returns before the first rollout (not env steps)")
-    opt.add_argument("--log_interval", type=positive_int, default=10, help="BC logging interval (epochs)")
+                          "dataset returns before the first rollout (not env steps) (default: %(default)s)")
+    opt.add_argument("--log_interval", type=positive_int, default=10, help="BC logging interval (epochs) (default: %(default)s)")
     opt.add_argument("--save_every_epochs", type=positive_int, default=5,
-                     help="Save BC checkpoint every N epochs (and at the last epoch)")
+                     help="Save BC checkpoint every N epochs (and at the last epoch) (default: %(default)s)")
     opt.add_argument("--mix_ratio", type=unit_float, default=0.5,
                      help="Offline/online split, 0..1: offline share of each update's samples "
                           "(0 = plain PPO; 1 = offline only, rollouts still collected for "
-                          "evaluation and logging)")
-    opt.add_argument("--rho_bar", type=positive_float, default=1.0, help="V-trace rho_bar cap")
-    opt.add_argument("--c_bar", type=positive_float, default=0.95, help="V-trace c_bar cap")
+                          "evaluation and logging) (default: %(default)s)")
+    opt.add_argument("--rho_bar", type=positive_float, default=1.0, help="V-trace rho_bar cap (default: %(default)s)")
+    opt.add_argument("--c_bar", type=positive_float, default=0.95, help="V-trace c_bar cap (default: %(default)s)")
     opt.add_argument("--log_std_subtract", type=finite_float, default=0.0,
                      help="Subtract from log_std: applied once to the BC policy when HybridPPO "
-                          "starts (less initial exploration noise than BC learned)")
+                          "starts (less initial exploration noise than BC learned) (default: %(default)s)")
     opt.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                     help="Device: auto picks cuda, else mps, else cpu")
+                     help="Device: auto picks cuda, else mps, else cpu (default: %(default)s)")
 
     extra = p.add_argument_group("more")
     extra.add_argument("--save_file", type=Path, default=None,
                        help="Hybrid PPO zip (default: hybrid_ppo_<env>_<timestamp>.zip)")
     extra.add_argument("--total_timesteps", type=positive_int, default=None,
-                       help="Online env steps of hybrid PPO (default: the hparam entry's)")
+                       help="Online env steps of hybrid PPO (default: the hparam entry's total_timesteps)")
     extra.add_argument("--hparam_file", type=Path, default=None,
                        help="hparam YAML file (default: hparam.yml at the repository root)")
     extra.add_argument("--bc_checkpoint_dir", type=Path, default=Path("bc_checkpoints"),
-                       help="Root of BC checkpoints: <dir>/<dataset>/<env>/")
-    extra.add_argument("--log_file", type=Path, default=DEFAULT_LOG, help="Append-only run log")
+                       help="Root of BC checkpoints: <dir>/<dataset>/<env>/ (default: %(default)s)")
+    extra.add_argument("--log_file", type=Path, default=DEFAULT_LOG, help="Append-only run log (default: %(default)s)")
     extra.add_argument("--wandb", action="store_true",
                        help="Also log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
-    extra.add_argument("--wandb_project", default="hybrid-ppo-pipeline", help="W&B project")
+    extra.add_argument("--wandb_project", default="hybrid-ppo-pipeline", help="W&B project (default: %(default)s)")
     extra.add_argument("--no_progress", action="store_true", help="Hide progress bars")
     return p
 

@@ -1,0 +1,138 @@
+"""Shared fixtures for the tests: isolated directories and tiny real data.
+
+Every test runs with HOME, MINARI_DATASETS_PATH, D4RL_DATASET_DIR and the working directory
+pointing into a fresh temporary folder, so it never reads or writes a user's data or the
+repository's run outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+import warnings
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+TRAINING_FILES = Path(__file__).resolve().parent
+REPO_ROOT = TRAINING_FILES.parent
+ENTRY_SCRIPT = TRAINING_FILES / "train_hybrid_pipeline.py"
+
+warnings.filterwarnings("ignore", message=".*is out of date.*")
+
+
+class IsolatedTestCase(unittest.TestCase):
+    """A temporary HOME / Minari / D4RL / working directory per test."""
+
+    def setUp(self):
+        super().setUp()
+        self._tmp = tempfile.TemporaryDirectory(prefix="hybrid-test-")
+        self.tmp = Path(self._tmp.name)
+        self._old_cwd = os.getcwd()
+        self._old_env = {k: os.environ.get(k) for k in
+                         ("HOME", "MINARI_DATASETS_PATH", "D4RL_DATASET_DIR", "WANDB_MODE", "WANDB_DIR")}
+        os.environ.update(HOME=str(self.tmp / "home"),
+                          MINARI_DATASETS_PATH=str(self.tmp / "minari"),
+                          D4RL_DATASET_DIR=str(self.tmp / "d4rl"), WANDB_MODE="offline",
+                          WANDB_DIR=str(self.tmp))
+        (self.tmp / "home").mkdir()
+        self.work = self.tmp / "work"
+        self.work.mkdir()
+        os.chdir(self.work)
+
+    def tearDown(self):
+        os.chdir(self._old_cwd)
+        for key, value in self._old_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._tmp.cleanup()
+        super().tearDown()
+
+    def run_cli(self, *args: str, timeout: float = 600, stdin: str | None = None):
+        """Run the entry script as a user would (its own process, no TTY)."""
+        return subprocess.run([sys.executable, str(ENTRY_SCRIPT), *args], cwd=self.work,
+                              capture_output=True, text=True, timeout=timeout,
+                              input=stdin if stdin is not None else "", env=os.environ.copy())
+
+
+def save_tiny_policy(path: Path, env_id: str = "Walker2d-v4", seed: int = 0,
+                     with_vecnormalize: bool = True) -> Path:
+    """An untrained SB3 PPO zip (+ VecNormalize stats) standing in for a reference policy."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    venv = DummyVecEnv([lambda: gym.make(env_id)])
+    if with_vecnormalize:
+        venv = VecNormalize(venv)
+    model = PPO("MlpPolicy", venv, n_steps=64, seed=seed, device="cpu",
+                policy_kwargs={"net_arch": [16]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    if with_vecnormalize:
+        venv.save(str(path.with_name(path.stem + "_vecnormalize.pkl")))
+    return path
+
+
+def write_tiny_minari(dataset_id: str, episodes: int = 4, seed: int = 0,
+                      env_id: str = "Walker2d-v4", policy: Path | None = None) -> Path:
+    """A real Minari dataset in MINARI_DATASETS_PATH, rolled out by a tiny policy."""
+    from collect_dataset import D4RL_REF_SCORES, collect_episodes, write_minari_dataset
+
+    policy = policy or save_tiny_policy(Path(os.environ["HOME"]) / f"policy_{seed}.zip", env_id, seed)
+    buffers = collect_episodes(env_id, policy, episodes, seed, progress=False)
+    env = dataset_id.split("/")[-2]
+    return write_minari_dataset(dataset_id, buffers, env_id, None, D4RL_REF_SCORES.get(env),
+                                algorithm_name="tiny test policy", description="test")
+
+
+def write_d4rl_hdf5(path: Path, obs_dim: int, act_dim: int, episode_lengths: list[int],
+                    terminal_last: list[bool] | None = None, seed: int = 0,
+                    with_timeouts: bool = True, with_next_obs: bool = False,
+                    with_log_probs: bool = False) -> Path:
+    """A file in D4RL's layout (observations/actions/rewards/terminals/timeouts)."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    n = sum(episode_lengths)
+    terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
+    end = 0
+    for i, length in enumerate(episode_lengths):
+        end += length
+        if terminal_last and terminal_last[i]:
+            terminals[end - 1] = True
+        else:
+            timeouts[end - 1] = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.standard_normal((n, obs_dim)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, (n, act_dim)).astype(np.float32)
+        f["rewards"] = rng.standard_normal(n).astype(np.float32)
+        f["terminals"] = terminals
+        if with_timeouts:
+            f["timeouts"] = timeouts
+        if with_next_obs:
+            f["next_observations"] = rng.standard_normal((n, obs_dim)).astype(np.float32)
+        if with_log_probs:
+            f["infos/action_log_probs"] = rng.standard_normal(n).astype(np.float32)
+    return path
+
+
+def write_hparam_file(path: Path, bc: dict | None = None, hybrid: dict | None = None) -> Path:
+    """hparam.yml's walker2d entries shrunk to test size, with optional overrides."""
+    data = yaml.safe_load((REPO_ROOT / "hparam.yml").read_text())
+    bc_entry = {**data["Walker2d-v4-bc-large"], "eval_episodes": 1, **(bc or {})}
+    hybrid_entry = {**data["Walker2d-v4-hybrid"], "n_steps": 128, "batch_size": 64, "n_epochs": 2,
+                    "total_timesteps": 256, "eval_freq": 128, "eval_episodes": 1,
+                    "segment_length": 16, **(hybrid or {})}
+    small = {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "activation": "tanh"}
+    bc_entry["policy"] = hybrid_entry["policy"] = small
+    path.write_text(yaml.safe_dump({"Walker2d-v4-bc-large": bc_entry,
+                                    "Walker2d-v4-hybrid": hybrid_entry}))
+    return path
