@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -141,6 +142,21 @@ def _minari_root_env(root: Path):
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
+def _check_buffers(buffers: list, env: gym.Env) -> None:
+    """Minari checks no shapes: a wrong buffer would become an unusable dataset under the name."""
+    if not buffers:
+        raise PipelineError("No episodes to write")
+    obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
+    for i, b in enumerate(buffers):
+        obs, act = np.asarray(b.observations), np.asarray(b.actions)
+        if obs.shape[1:] != obs_shape or act.shape[1:] != act_shape:
+            raise PipelineError(f"Episode {i}: obs/action shapes {obs.shape[1:]}/{act.shape[1:]} "
+                                f"do not match {env.spec.id}'s {obs_shape}/{act_shape}")
+        if len(obs) != len(act) + 1 or len(b.rewards) != len(act):
+            raise PipelineError(f"Episode {i}: {len(obs)} observations, {len(act)} actions, "
+                                f"{len(b.rewards)} rewards (need T+1, T, T)")
+
+
 def write_minari_dataset(dataset_id: str, buffers: list, env_id: str, env_kwargs: dict | None,
                          ref_scores: tuple[float, float] | None, algorithm_name: str,
                          description: str) -> Path:
@@ -148,12 +164,16 @@ def write_minari_dataset(dataset_id: str, buffers: list, env_id: str, env_kwargs
     import minari
     from minari.namespace import create_namespace, list_local_namespaces
 
+    if not re.fullmatch(r"([^/]+/)*[^/]+-v\d+", dataset_id):
+        raise PipelineError(f"Minari dataset id '{dataset_id}' must look like "
+                            "namespace/env/name-v<N>, e.g. mujoco/walker2d/expert-v0")
+    recorded_env = gym.make(env_id, **(env_kwargs or {}))  # its spec keeps the kwargs
+    _check_buffers(buffers, recorded_env)
     root = minari_root()
     root.mkdir(parents=True, exist_ok=True)
     final = root / dataset_id
     if final.exists():
         raise PipelineError(f"Minari dataset {dataset_id} already exists at {final}")
-    recorded_env = gym.make(env_id, **(env_kwargs or {}))  # its spec keeps the kwargs
     ref_min, ref_max = ref_scores if ref_scores else (None, None)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
@@ -212,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.episodes <= 0:
             raise PipelineError("--episodes must be positive")
+        if not re.fullmatch(r"([^/]+/)*[^/]+-v\d+", args.name):
+            raise PipelineError(f"--name '{args.name}' must look like namespace/env/name-v<N>")
         env = args.name.split("/")[-2] if args.name.count("/") >= 2 else None
         buffers = collect_episodes(args.env_id, args.policy, args.episodes, args.seed,
                                    deterministic=args.deterministic,

@@ -119,9 +119,15 @@ def _from_arrays(obs, next_obs, actions, rewards, terms, truncs, where: str,
                        ("actions", actions), ("terminations", terms), ("truncations", truncs)):
         if len(arr) != n:
             raise PipelineError(f"Dataset {where}: {label} has {len(arr)} rows but rewards has {n}")
+    if log_probs is not None and len(log_probs) != n:
+        raise PipelineError(f"Dataset {where}: behaviour log-probs have {len(log_probs)} rows "
+                            f"but rewards has {n}")
+    if np.shape(next_obs)[1:] != np.shape(obs)[1:]:
+        raise PipelineError(f"Dataset {where}: next_observations have shape "
+                            f"{np.shape(next_obs)[1:]} but observations {np.shape(obs)[1:]}")
     for label, arr in (("observations", obs), ("next_observations", next_obs),
-                       ("actions", actions), ("rewards", rewards)):
-        if not np.all(np.isfinite(arr)):
+                       ("actions", actions), ("rewards", rewards), ("behaviour log-probs", log_probs)):
+        if arr is not None and not np.all(np.isfinite(arr)):
             raise PipelineError(f"Dataset {where}: {label} contain NaN or inf values")
     terms, truncs = np.asarray(terms, bool), np.asarray(truncs, bool)
     truncs = truncs & ~terms
@@ -144,7 +150,14 @@ def _load_minari(dataset_id: str, path: Path) -> tuple[OfflineData, dict]:
         raise PipelineError(f"Minari dataset {dataset_id} at {path} is empty")
     if not isinstance(episodes[0].observations, np.ndarray):
         raise PipelineError(f"Minari dataset {dataset_id}: only flat Box observations are supported")
+    first = episodes[0]
     for ep in episodes:
+        if (ep.observations.shape[1:], np.shape(ep.actions)[1:]) != (
+                first.observations.shape[1:], np.shape(first.actions)[1:]):
+            raise PipelineError(f"Minari dataset {dataset_id}: episode {ep.id} has obs/action "
+                                f"shapes {ep.observations.shape[1:]}/{np.shape(ep.actions)[1:]}, "
+                                f"episode {first.id} {first.observations.shape[1:]}/"
+                                f"{np.shape(first.actions)[1:]}")
         if len(ep.observations) != len(ep.rewards) + 1:
             raise PipelineError(f"Minari dataset {dataset_id}: episode {ep.id} has "
                                 f"{len(ep.observations)} observations for {len(ep.rewards)} steps")
@@ -163,7 +176,9 @@ def _load_minari(dataset_id: str, path: Path) -> tuple[OfflineData, dict]:
             "episodes": len(episodes), "transitions": len(data),
             "minari_version": str(ds.minari_version),
             "recorded_env_id": env_spec.id if env_spec is not None else None,
-            "generated_by": meta.get("author") and str(meta.get("algorithm_name"))}
+            "algorithm": meta.get("algorithm_name"),
+            "sha256": _sha256(path / "data" / "main_data.hdf5")
+            if (path / "data" / "main_data.hdf5").exists() else None}
     return data, info
 
 
@@ -195,9 +210,15 @@ def _load_d4rl(path: Path, where: str, max_episode_steps: int | None) -> tuple[O
     except (OSError, KeyError, ValueError) as exc:
         raise PipelineError(f"D4RL file {path} is not a readable HDF5 dataset: {exc}") from exc
     n = len(rewards)
-    if len(obs) != n or len(actions) != n or len(terms) != n:
-        raise PipelineError(f"D4RL file {path}: observations/actions/rewards/terminals lengths "
-                            f"differ ({len(obs)}/{len(actions)}/{n}/{len(terms)})")
+    if n == 0:
+        raise PipelineError(f"D4RL file {path} is empty (0 rows)")
+    lengths = {"observations": len(obs), "actions": len(actions), "rewards": n,
+               "terminals": len(terms)}
+    if timeouts is not None:
+        lengths["timeouts"] = len(timeouts)
+    if len(set(lengths.values())) > 1:
+        raise PipelineError(f"D4RL file {path}: array lengths differ ("
+                            + ", ".join(f"{k} {v}" for k, v in lengths.items()) + ")")
     if timeouts is None:
         # v0 files have no timeouts key: D4RL's own loader counts steps to the time limit.
         timeouts = np.zeros(n, bool)

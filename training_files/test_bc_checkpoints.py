@@ -41,6 +41,9 @@ from normalized_policy import FrozenObsNormalizer, obs_normalizer  # noqa: E402
 from testing_utils import IsolatedTestCase, write_hparam_file, write_tiny_minari  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+# One intra-op thread: with the tiny nets here, two threads competing with a busy core make
+# each backward pass ~50x slower. (The foreign-process test keeps torch's default.)
+torch.set_num_threads(1)
 
 OBS_DIM, ACT_DIM = 17, 6  # Walker2d-v4
 CKPT_RE = re.compile(r"^(?P<name>.+)_epoch(?P<epoch>\d+) with avg loss (?P<loss>-?\d+\.\d{4})\.zip$")

@@ -389,10 +389,9 @@ class GenerationTest(_Base):
         with self.assertRaisesRegex(PipelineError, "already exists"):
             write_minari_dataset(dataset_id, good, "Walker2d-v4", None, None, "test", "test")
 
-    # BUG collect_dataset.py write_minari_dataset: buffers whose action (or observation) shape
+    # Regression (was a bug): collect_dataset.py write_minari_dataset: buffers whose action (or observation) shape
     # does not match the env are written without complaint (Minari 0.5.4 does not check), so
     # an unusable dataset lands in the user's Minari directory and blocks the name.
-    @unittest.expectedFailure
     def test_write_rejects_buffers_with_wrong_action_shape(self):
         from minari.data_collector import EpisodeBuffer
 
@@ -408,10 +407,9 @@ class GenerationTest(_Base):
         finally:
             self.assertNoPartialMinari(dataset_id)
 
-    # BUG offline_data.py _load_minari (line ~151): episodes of different obs/action shapes in
+    # Regression (was a bug): offline_data.py _load_minari (line ~151): episodes of different obs/action shapes in
     # one Minari dataset (which write_minari_dataset lets through, see above) crash
     # np.concatenate with a raw ValueError instead of a PipelineError.
-    @unittest.expectedFailure
     def test_minari_episodes_with_different_shapes_is_a_pipeline_error(self):
         from minari.data_collector import EpisodeBuffer
 
@@ -466,10 +464,9 @@ class GenerationTest(_Base):
             self.assertIn(expected, err.getvalue())
             self.assertNoPartialMinari("mujoco/walker2d/cli-v0")
 
-    # BUG collect_dataset.py main(): a --name without -v<N> (a user typo) is not validated; it
+    # Regression (was a bug): collect_dataset.py main(): a --name without -v<N> (a user typo) is not validated; it
     # reaches minari.create_dataset_from_buffers after the whole rollout and escapes as a raw
     # TypeError traceback instead of "ERROR: ..." with exit 1.
-    @unittest.expectedFailure
     def test_cli_rejects_dataset_name_without_version(self):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -643,11 +640,10 @@ class BadInputTest(_Base):
         with self.assertRaisesRegex(PipelineError, "empty"):
             self.load()
 
-    # BUG offline_data.py _load_d4rl line 214 `drop[-1] |= not terms[-1]`: a 0-row file
+    # Regression (was a bug): offline_data.py _load_d4rl line 214 `drop[-1] |= not terms[-1]`: a 0-row file
     # without next_observations raises IndexError instead of PipelineError (same for v0 files
     # without timeouts). Fix: after the length check add
     # `if n == 0: raise PipelineError(f"D4RL file {path} is empty (0 rows)")`.
-    @unittest.expectedFailure
     def test_empty_file_without_next_observations(self):
         self.write_raw(**self.base_arrays(n=0))
         with self.assertRaisesRegex(PipelineError, "empty"):
@@ -667,10 +663,9 @@ class BadInputTest(_Base):
                     self.load()
                 self.assertIn(str(d4rl_dir() / self.NAME), str(ctx.exception))
 
-    # BUG offline_data.py _load_d4rl line 198: `timeouts` is not in the length check, so a
+    # Regression (was a bug): offline_data.py _load_d4rl line 198: `timeouts` is not in the length check, so a
     # file whose timeouts is one row short (and has no next_observations) dies with a numpy
     # broadcast ValueError. Fix: include len(timeouts) (when present) in that check.
-    @unittest.expectedFailure
     def test_timeouts_length_mismatch(self):
         arrays = self.base_arrays()
         arrays["timeouts"] = arrays["timeouts"][:-1]
@@ -678,11 +673,10 @@ class BadInputTest(_Base):
         with self.assertRaises(PipelineError):
             self.load()
 
-    # BUG offline_data.py _from_arrays: next_observations' feature shape is never compared
+    # Regression (was a bug): offline_data.py _from_arrays: next_observations' feature shape is never compared
     # with observations', so a (n, 16) next_observations beside (n, 17) observations loads
     # silently and breaks later in V-trace/BC. Fix: in _from_arrays raise PipelineError when
     # next_obs.shape[1:] != obs.shape[1:].
-    @unittest.expectedFailure
     def test_next_observations_shape_mismatch(self):
         arrays = self.base_arrays()
         arrays["next_observations"] = np.zeros((10, 16), np.float32)
@@ -690,11 +684,10 @@ class BadInputTest(_Base):
         with self.assertRaises(PipelineError):
             self.load()
 
-    # BUG offline_data.py _load_d4rl/_from_arrays: infos/action_log_probs is neither length-
+    # Regression (was a bug): offline_data.py _load_d4rl/_from_arrays: infos/action_log_probs is neither length-
     # checked nor checked for NaN, so a 9-row log-prob array beside 10 transitions is
     # silently kept (misaligned importance weights). Fix: in _from_arrays, when log_probs is
     # not None, require len(log_probs) == n and np.isfinite(log_probs).all().
-    @unittest.expectedFailure
     def test_log_probs_length_mismatch(self):
         arrays = self.base_arrays()
         arrays["next_observations"] = arrays["observations"].copy()
@@ -703,8 +696,7 @@ class BadInputTest(_Base):
         with self.assertRaises(PipelineError):
             self.load()
 
-    # BUG: same place as above; NaN behaviour log-probs would turn every V-trace ratio NaN.
-    @unittest.expectedFailure
+    # Regression (was a bug): same place as above; NaN behaviour log-probs would turn every V-trace ratio NaN.
     def test_log_probs_nan(self):
         arrays = self.base_arrays()
         arrays["next_observations"] = arrays["observations"].copy()
