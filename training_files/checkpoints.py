@@ -55,7 +55,13 @@ def _loads(path: Path) -> bool:
     except Exception as exc:  # a truncated or foreign zip raises many types
         warnings.warn(f"skipping checkpoint {path.name}: it does not load ({exc})", stacklevel=3)
         return False
-    return params is not None and "policy" in params
+    if params is None or "policy" not in params:
+        # A truncated zip can still open (zipfile finds the inner .pth's end record) and
+        # come back empty instead of raising.
+        warnings.warn(f"skipping checkpoint {path.name}: it has no policy parameters "
+                      "(truncated or not an SB3 model)", stacklevel=3)
+        return False
+    return True
 
 
 def find_best_checkpoint(directory: Path, name: str) -> BestCheckpoint:

@@ -12,6 +12,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 
 from bc import build_model
+from errors import PipelineError
 from evaluation import PeriodicEval, evaluate, make_eval_env
 from hybrid_ppo import HybridPPO
 from offline_data import OfflineData
@@ -62,7 +63,12 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         segment_length=cfg.segment_length, ood_z_threshold=cfg.ood.z_threshold,
         ood_temperature=cfg.ood.temperature, ood_min_weight=cfg.ood.min_weight,
         log_std_min=cfg.log_std_min)
-    model.load_bc_checkpoint(bc_checkpoint)
+    try:
+        model.load_bc_checkpoint(bc_checkpoint)
+    except RuntimeError as exc:  # torch's load_state_dict reports shape/key mismatches so
+        raise PipelineError(f"BC checkpoint {bc_checkpoint} does not fit the policy of this "
+                            "hparam entry (net_arch changed since it was trained?); rerun with "
+                            "--force_bc_retrain") from exc
     model.set_offline_data(data, behaviour_policy=copy.deepcopy(model.policy))
     model.subtract_log_std(settings.log_std_subtract)
     return model

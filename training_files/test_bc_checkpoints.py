@@ -41,9 +41,6 @@ from normalized_policy import FrozenObsNormalizer, obs_normalizer  # noqa: E402
 from testing_utils import IsolatedTestCase, write_hparam_file, write_tiny_minari  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-# One intra-op thread: with the tiny nets here, two threads competing with a busy core make
-# each backward pass ~50x slower. (The foreign-process test keeps torch's default.)
-torch.set_num_threads(1)
 
 OBS_DIM, ACT_DIM = 17, 6  # Walker2d-v4
 CKPT_RE = re.compile(r"^(?P<name>.+)_epoch(?P<epoch>\d+) with avg loss (?P<loss>-?\d+\.\d{4})\.zip$")
@@ -521,10 +518,7 @@ class TestFindBestCheckpoint(SelectionTestCase):
         messages = "\n".join(str(w.message) for w in cm.warnings)
         self.assertIn("epoch2 with avg loss 0.2000.zip", messages)
 
-    # BUG (checkpoints.py, _loads): a truncated SB3 zip is skipped *silently*. zipfile finds the
-    # end record of a .pth archive nested inside, load_from_zip_file returns (None, {}, None),
-    # and `_loads` returns False without the warning its docstring promises.
-    @unittest.expectedFailure
+    # Regression: a truncated zip opens but holds no params; it must still warn.
     def test_truncated_zip_is_skipped_with_warning(self):
         self.write_csv("1,1.0,0.9\n2,0.8,0.3\n")
         expected = self.add_zip(1, 0.9)

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 TRAINING_FILES = Path(__file__).resolve().parent
@@ -23,6 +24,11 @@ REPO_ROOT = TRAINING_FILES.parent
 ENTRY_SCRIPT = TRAINING_FILES / "train_hybrid_pipeline.py"
 
 warnings.filterwarnings("ignore", message=".*is out of date.*")
+
+# One intra-op thread for every test: with the tiny nets used here, a second thread only adds
+# synchronisation, and on a 2-core machine with another busy core each backward pass was seen
+# ~50x slower. (Subprocesses started by the tests keep torch's default.)
+torch.set_num_threads(1)
 
 
 class IsolatedTestCase(unittest.TestCase):
