@@ -131,8 +131,9 @@ class HybridPPO(PPO):
         if data.behaviour_log_probs is not None:
             mu = as_t(data.behaviour_log_probs).reshape(-1)
         else:
-            if behaviour_policy is None:
-                behaviour_policy = copy.deepcopy(self.policy)
+            # Always a copy: freezing the caller's object could freeze the live policy itself.
+            behaviour_policy = copy.deepcopy(behaviour_policy if behaviour_policy is not None
+                                             else self.policy)
             behaviour_policy.set_training_mode(False)
             for p in behaviour_policy.parameters():
                 p.requires_grad_(False)

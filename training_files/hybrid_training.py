@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +68,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         raise PipelineError(f"BC checkpoint {bc_checkpoint} does not fit the policy of this "
                             "hparam entry (net_arch changed since it was trained?); rerun with "
                             "--force_bc_retrain") from exc
-    model.set_offline_data(data, behaviour_policy=copy.deepcopy(model.policy))
+    model.set_offline_data(data)  # mu = a frozen copy of the BC policy, before the subtraction
     model.subtract_log_std(settings.log_std_subtract)
     return model
 

@@ -47,19 +47,16 @@ OFFLINE_KEYS = ("vtrace/rho_mean", "vtrace/rho_clip_frac", "ood/weight_mean",
                 "ood/downweighted_frac", "train/bc_loss")
 
 # --------------------------------------------------------------------------- module fixtures
-# Tiny MLPs on 2 cores (one busy): torch's intra-op threads make SB3 ~7x slower here.
-_THREADS = torch.get_num_threads()
+# (testing_utils sets torch to one thread for every test.)
 _DATA_ROOT: Path | None = None
 
 
 def setUpModule():
     global _DATA_ROOT
-    torch.set_num_threads(1)
     _DATA_ROOT = Path(tempfile.mkdtemp(prefix="hybrid-ppo-test-data-"))
 
 
 def tearDownModule():
-    torch.set_num_threads(_THREADS)
     if _DATA_ROOT is not None:
         shutil.rmtree(_DATA_ROOT, ignore_errors=True)
     stochastic_data.cache_clear()
