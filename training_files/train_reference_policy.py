@@ -18,6 +18,7 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CheckpointCallback
@@ -68,6 +69,31 @@ def train_reference_policy(env_id: str, timesteps: int, seed: int, out: Path,
     return model
 
 
+def evaluate_checkpoints(env_id: str, out: Path, episodes: int, seed: int = 100) -> list[dict]:
+    """Mean return of every checkpoint, stochastic (as datasets are collected) and deterministic."""
+    from collect_dataset import collect_episodes
+
+    rows = []
+    checkpoints = sorted(out.glob("ppo_*_steps.zip"), key=lambda p: int(p.stem.split("_")[1]))
+    for zip_path in checkpoints:
+        steps = int(zip_path.stem.split("_")[1])
+        stats = out / f"ppo_vecnormalize_{steps}_steps.pkl"
+        # collect_episodes looks for <stem>_vecnormalize.pkl beside the zip
+        link = zip_path.with_name(f"{zip_path.stem}_vecnormalize.pkl")
+        if not link.exists():
+            link.symlink_to(stats.name)
+        row = {"steps": steps}
+        for mode, deterministic in (("stochastic", False), ("deterministic", True)):
+            returns = [sum(b.rewards) for b in collect_episodes(
+                env_id, zip_path, episodes, seed, deterministic=deterministic, progress=False)]
+            row[mode] = (float(np.mean(returns)), float(np.std(returns)))
+        print(f"{steps:>8} steps: stochastic {row['stochastic'][0]:7.1f} +- {row['stochastic'][1]:6.1f}"
+              f"   deterministic {row['deterministic'][0]:7.1f} +- {row['deterministic'][1]:6.1f}",
+              flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,7 +104,12 @@ def main() -> None:
                         help="folder for checkpoints, VecNormalize stats and TensorBoard")
     parser.add_argument("--checkpoint_every", type=int, default=100_000, help="env steps")
     parser.add_argument("--resume", action="store_true", help="continue from newest checkpoint")
+    parser.add_argument("--evaluate", type=int, default=0, metavar="EPISODES",
+                        help="only evaluate every checkpoint in --out over EPISODES episodes")
     args = parser.parse_args()
+    if args.evaluate:
+        evaluate_checkpoints(args.env_id, args.out, args.evaluate)
+        return
     train_reference_policy(args.env_id, args.timesteps, args.seed, args.out,
                            args.checkpoint_every, args.resume)
 
