@@ -182,6 +182,7 @@ def write_minari_dataset(dataset_id: str, buffers: list, env_id: str, env_kwargs
                 dataset_id=dataset_id, buffer=buffers, env=recorded_env,
                 algorithm_name=algorithm_name, author="hybrid-ppo-pipeline",
                 author_email="none (generated locally)", eval_env=recorded_env.spec,
+                code_permalink="training_files/collect_dataset.py (hybrid PPO pipeline)",
                 ref_min_score=ref_min, ref_max_score=ref_max, description=description)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / dataset_id, final)
