@@ -167,3 +167,14 @@ def validate_file(path: Path = DEFAULT_HPARAM_FILE) -> dict[str, _Strict]:
         model = HybridConfig if key.endswith("-hybrid") else BCConfig
         out[key] = _validate(model, key, raw, path)
     return out
+
+
+def env_entries(path: Path = DEFAULT_HPARAM_FILE) -> dict[str, tuple[str, dict]]:
+    """key -> (env_id, env_kwargs) of every entry that names an env; used to tell a user
+    which entry would fit a dataset. Entries with other problems are simply left out."""
+    out = {}
+    for key, raw in _load_yaml(path).items():
+        if isinstance(raw, dict) and isinstance(raw.get("env_id"), str):
+            kwargs = raw.get("env_kwargs") or {}
+            out[key] = (raw["env_id"], kwargs if isinstance(kwargs, dict) else {})
+    return out

@@ -177,20 +177,17 @@ def run_pipeline(args, entry: dict) -> dict:
     device = resolve_device(args.device)
     entry["device"] = device
 
-    import torch
     from stable_baselines3.common.utils import set_random_seed
 
     import bc
     import checkpoints
     from evaluation import evaluate, make_eval_env
-    from hparams import validate_file
+    from hparams import env_entries
     from hybrid_training import HybridSettings, train_hybrid
     from offline_data import load_offline_data
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     set_random_seed(args.seed)
-    all_entries = validate_file(args.hparam_file or DEFAULT_HPARAM_FILE)
-    candidates = {k: (v.env_id, v.env_kwargs) for k, v in all_entries.items()}
+    candidates = env_entries(args.hparam_file or DEFAULT_HPARAM_FILE)
     data = load_offline_data(args.dataset, args.env, args.names, hybrid_cfg.env_id,
                              hybrid_cfg.env_kwargs, candidates)
     entry["dataset"] = {"sources": data.provenance, "transitions": len(data),
