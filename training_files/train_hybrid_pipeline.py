@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument("--bc_checkpoint_dir", type=Path, default=Path("bc_checkpoints"),
                        help="Root of BC checkpoints: <dir>/<dataset>/<env>/ (default: %(default)s)")
     extra.add_argument("--log_file", type=Path, default=DEFAULT_LOG, help="Append-only run log (default: %(default)s)")
+    extra.add_argument("--torch_threads", type=positive_int, default=1,
+                       help="torch intra-op threads on CPU (default: %(default)s; the 256x256 "
+                            "MLPs gain nothing from more, and lose a lot when cores are shared)")
     extra.add_argument("--wandb", action="store_true",
                        help="Also log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
     extra.add_argument("--wandb_project", default="hybrid-ppo-pipeline", help="W&B project (default: %(default)s)")
@@ -176,6 +179,10 @@ def run_pipeline(args, entry: dict) -> dict:
     entry["config"] = {"bc": bc_cfg.model_dump(), "hybrid": hybrid_cfg.model_dump()}
     device = resolve_device(args.device)
     entry["device"] = device
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     from stable_baselines3.common.utils import set_random_seed
 
