@@ -119,9 +119,14 @@ class HybridPPO(PPO):
         self.policy.load_state_dict(params["policy"])
 
     def subtract_log_std(self, amount: float) -> None:
-        """Start exploring with less noise than BC measured (applied once, at start)."""
+        """Start exploring with less noise than BC measured (applied once, at start).
+
+        The result is floored at log_std_min at once, so the first rollout already uses the
+        noise every later update will allow."""
         with torch.no_grad():
             self.policy.log_std.sub_(amount)
+            if self.log_std_min is not None:
+                self.policy.log_std.clamp_(min=self.log_std_min)
 
     def set_offline_data(self, data: OfflineData, behaviour_policy=None) -> None:
         """Move the dataset to the device once and fix mu for every transition."""
@@ -137,6 +142,11 @@ class HybridPPO(PPO):
             behaviour_policy.set_training_mode(False)
             for p in behaviour_policy.parameters():
                 p.requires_grad_(False)
+            if self.log_std_min is not None and hasattr(behaviour_policy, "log_std"):
+                # Deterministic demonstrations give BC a near-zero std; pi is floored at
+                # log_std_min, so an unfloored mu would make pi/mu ~ 0 for every dataset action
+                # and switch V-trace off. mu gets the same floor as pi.
+                behaviour_policy.log_std.clamp_(min=self.log_std_min)
             with torch.no_grad():
                 mu = torch.cat([behaviour_policy.get_distribution(obs[i:i + 65536])
                                 .log_prob(actions[i:i + 65536]) for i in range(0, len(obs), 65536)])

@@ -510,6 +510,18 @@ class PolicyStateTest(IsolatedTestCase):
         self.assertTrue(torch.equal(after, before - 0.3))
         torch.testing.assert_close(after - before, torch.full_like(before, -0.3))
 
+    def test_log_std_floor_applies_to_pi_at_start_and_to_mu(self):
+        # Deterministic demonstrations leave BC with a tiny std: both pi (from the first
+        # rollout on) and the behaviour estimate mu are floored at log_std_min.
+        model = make_hybrid(log_std_min=-2.5)
+        with torch.no_grad():
+            model.policy.log_std.copy_(torch.tensor([-4.0, -1.0] * 3))
+        model.set_offline_data(stochastic_data())
+        self.assertTrue(torch.equal(model.behaviour_policy.log_std.detach(), torch.tensor([-2.5, -1.0] * 3)))
+        self.assertTrue(torch.equal(model.policy.log_std.detach(), torch.tensor([-4.0, -1.0] * 3)))
+        model.subtract_log_std(0.5)
+        self.assertTrue(torch.equal(model.policy.log_std.detach(), torch.tensor([-2.5, -1.5] * 3)))
+
     def test_save_and_load_without_dataset(self):
         real = stochastic_data()
         rng = np.random.default_rng(0)
