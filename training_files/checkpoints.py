@@ -29,7 +29,7 @@ class BestCheckpoint:
 
 def _rows(csv_path: Path) -> list[tuple[int, float, float]]:
     rows = []
-    with open(csv_path, newline="") as fh:
+    with open(csv_path, newline="", errors="replace") as fh:  # bad bytes -> a skipped row
         reader = csv.reader(fh)
         header = next(reader, None)
         if header != ["epoch", "train_loss", "val_loss"]:

@@ -14,8 +14,14 @@ from stable_baselines3.common.monitor import Monitor
 from offline_data import normalized_score
 
 
-def make_eval_env(env_id: str, env_kwargs: dict, seed: int) -> gym.Env:
-    env = Monitor(gym.make(env_id, **env_kwargs))
+def float32_observations(env: gym.Env) -> gym.Env:
+    """MPS has no float64 and MuJoCo observations are float64: cast them before SB3 sees them."""
+    return gym.wrappers.DtypeObservation(env, np.float32)
+
+
+def make_eval_env(env_id: str, env_kwargs: dict, seed: int, float32_obs: bool = False) -> gym.Env:
+    env = gym.make(env_id, **env_kwargs)
+    env = Monitor(float32_observations(env) if float32_obs else env)
     env.reset(seed=seed)
     env.action_space.seed(seed)
     return env

@@ -14,7 +14,6 @@ SB3's rollouts, logger keys and save/load stay intact; a saved zip loads with `P
 from __future__ import annotations
 
 import copy
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -126,7 +125,12 @@ class HybridPPO(PPO):
         with torch.no_grad():
             self.policy.log_std.sub_(amount)
             if self.log_std_min is not None:
+                floored = int((self.policy.log_std < self.log_std_min).sum())
                 self.policy.log_std.clamp_(min=self.log_std_min)
+                if floored:
+                    print(f"HybridPPO: {floored} of {self.policy.log_std.numel()} log_std entries "
+                          f"raised to the floor log_std_min={self.log_std_min} (BC's noise minus "
+                          f"--log_std_subtract {amount} was below it)")
 
     def set_offline_data(self, data: OfflineData, behaviour_policy=None) -> None:
         """Move the dataset to the device once and fix mu for every transition."""
@@ -199,9 +203,10 @@ class HybridPPO(PPO):
         with torch.no_grad():
             rows = torch.randperm(len(obs), generator=gen)[:20000].to(self.device)
             latent = self.policy.mlp_extractor.forward_critic(self.policy.extract_features(obs[rows]))
-            x = torch.cat([latent, torch.ones(len(rows), 1, device=self.device)], dim=1).double()
-            ridge = 1e-3 * torch.eye(x.shape[1], dtype=torch.float64, device=self.device)
-            w = torch.linalg.solve(x.T @ x + ridge, x.T @ targets[rows].double())
+            # float64 on the CPU: MPS has no float64, and this is one small solve.
+            x = torch.cat([latent, torch.ones(len(rows), 1, device=self.device)], dim=1).cpu().double()
+            ridge = 1e-3 * torch.eye(x.shape[1], dtype=torch.float64)
+            w = torch.linalg.solve(x.T @ x + ridge, x.T @ targets[rows].cpu().double()).to(self.device)
             self.policy.value_net.weight.copy_(w[:-1].float().unsqueeze(0))
             self.policy.value_net.bias.copy_(w[-1:].float())
         optimizer = torch.optim.Adam(self._value_params(), lr=self.warmup_learning_rate)
@@ -405,5 +410,4 @@ class HybridPPO(PPO):
         record("train/clip_range", clip_range)
         for key, value in offline_stats.items():
             record(key, value)
-        if math.isfinite(self.mix_ratio):
-            record("train/mix_ratio", self.mix_ratio, exclude="stdout")
+        record("train/mix_ratio", self.mix_ratio, exclude="stdout")

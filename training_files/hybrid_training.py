@@ -12,7 +12,7 @@ from stable_baselines3.common.utils import set_random_seed
 
 from bc import build_model
 from errors import PipelineError
-from evaluation import PeriodicEval, evaluate, make_eval_env
+from evaluation import PeriodicEval, evaluate, float32_observations, make_eval_env
 from hybrid_ppo import HybridPPO
 from offline_data import OfflineData
 
@@ -49,7 +49,8 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     """HybridPPO initialised from a BC zip; mu is the BC policy before log_std_subtract."""
     set_random_seed(settings.seed)
     env = env or make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=settings.seed,
-                              env_kwargs=cfg.env_kwargs)
+                              env_kwargs=cfg.env_kwargs,
+                              wrapper_class=float32_observations if settings.device == "mps" else None)
     model = build_model(
         cfg, env, settings.device, settings.seed, model_class=HybridPPO,
         learning_rate=cfg.learning_rate, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
@@ -91,7 +92,8 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     model = build_hybrid(data, bc_checkpoint, cfg, settings)
     settings.tb_dir.mkdir(parents=True, exist_ok=True)
     model.set_logger(configure(str(settings.tb_dir), ["tensorboard", "csv"]))
-    eval_env = make_eval_env(cfg.env_id, cfg.env_kwargs, settings.seed + 10_000)
+    eval_env = make_eval_env(cfg.env_id, cfg.env_kwargs, settings.seed + 10_000,
+                             float32_obs=settings.device == "mps")
     evaluator = PeriodicEval(eval_env, cfg.eval_freq, cfg.eval_episodes, data.ref_scores,
                              csv_path=settings.tb_dir / "eval.csv", on_eval=on_eval)
 

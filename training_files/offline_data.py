@@ -205,6 +205,9 @@ def _load_d4rl(path: Path, where: str, max_episode_steps: int | None) -> tuple[O
             timeouts = f["timeouts"][:].reshape(-1).astype(bool) if "timeouts" in f else None
             next_obs = f["next_observations"][:] if "next_observations" in f else None
             log_probs = f["infos/action_log_probs"][:] if "infos/action_log_probs" in f else None
+            if log_probs is not None and log_probs.ndim > 1 and log_probs.shape[1:] != (1,):
+                raise PipelineError(f"D4RL file {path}: infos/action_log_probs has shape "
+                                    f"{log_probs.shape}; expected one log-prob per row")
     except PipelineError:
         raise
     except (OSError, KeyError, ValueError) as exc:

@@ -49,6 +49,7 @@ non_negative_int = _typed(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _typed(float, lambda v: v > 0 and v < float("inf"), "a positive number")
 non_negative_float = _typed(float, lambda v: 0 <= v < float("inf"), "a non-negative number")
 unit_float = _typed(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+seed_int = _typed(int, lambda v: 0 <= v < 2**32 - 20_000, "a seed between 0 and 4294947295")
 finite_float = _typed(float, lambda v: abs(v) < float("inf"), "a finite number")
 
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--hparam_hybrid", required=True, help="Hparam key for hybrid PPO (e.g., Walker2d-v4-hybrid)")
 
     opt = p.add_argument_group("optional")
-    opt.add_argument("--seed", type=int, default=42, help="Random seed (default: %(default)s)")
+    opt.add_argument("--seed", type=seed_int, default=42, help="Random seed (default: %(default)s)")
     reuse = opt.add_mutually_exclusive_group()
     reuse.add_argument("--skip_bc", action="store_true",
                        help="Skip BC training if checkpoint exists (trains when none exists)")
@@ -168,6 +169,17 @@ def _start_wandb(args, config: dict):
         raise PipelineError(f"W&B could not start ({exc}); set WANDB_MODE=offline or drop --wandb") from exc
 
 
+def _check_writable(path: Path) -> None:
+    """Fail before hours of training, not at the final save."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PipelineError(f"Cannot write the hybrid model to {path}: {exc.strerror}") from exc
+
+
 # ------------------------------------------------------------------------------ pipeline
 
 def run_pipeline(args, entry: dict) -> dict:
@@ -230,7 +242,8 @@ def run_pipeline(args, entry: dict) -> dict:
         from stable_baselines3 import PPO
 
         bc_model = PPO.load(best.path, device=device)
-        bc_eval = evaluate(bc_model, make_eval_env(bc_cfg.env_id, bc_cfg.env_kwargs, args.seed + 20_000),
+        bc_eval = evaluate(bc_model, make_eval_env(bc_cfg.env_id, bc_cfg.env_kwargs, args.seed + 20_000,
+                                                   float32_obs=device == "mps"),
                            bc_cfg.eval_episodes, data.ref_scores)
         entry["bc"]["eval"] = bc_eval
         print(f"BC policy: mean return {bc_eval['mean_reward']:.1f} +- {bc_eval['std_reward']:.1f}"
@@ -239,6 +252,10 @@ def run_pipeline(args, entry: dict) -> dict:
 
     # 4. hybrid PPO
     save_file = Path(entry["save_file"])
+    _check_writable(save_file)
+    if args.mix_ratio == 0 and args.bc_coeff > 0:
+        print(f"Note: --mix_ratio 0 puts no offline samples in the updates, so --bc_coeff "
+              f"{args.bc_coeff} has no effect")
     tb_dir = Path("tb_test") / "hybrid" / args.dataset / args.env / save_file.stem
     settings = HybridSettings(args.mix_ratio, args.rho_bar, args.c_bar, args.bc_coeff,
                               args.warm_start_steps, args.log_std_subtract, args.seed, device,
