@@ -52,13 +52,14 @@ def curves(runs: list[dict]) -> dict:
 def summary_rows(data: dict, dataset: str) -> list[str]:
     bc = data.get((dataset, "bc"))
     bc_by_seed = {s: row[0] for s, row in zip(bc[2], bc[1])} if bc else {}
-    rows = ["| variant | seeds | final normalised score | best eval | worst eval in first 50k steps, % of BC | wall time per run |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| variant | seeds | final eval (200k) | mean of last 3 evals (180k-200k) | best eval | worst eval in first 50k steps, % of BC | wall time per run |",
+            "|---|---|---|---|---|---|---|"]
     for variant in LABELS:
         if (dataset, variant) not in data:
             continue
         steps, scores, seeds, group = data[(dataset, variant)]
         final = scores[:, -1]
+        last3 = scores[:, -3:].mean(axis=1)
         best = scores.max(axis=1)
         if variant in ("bc_ppo", "hybrid") and bc_by_seed:
             early = steps <= 50_000
@@ -68,7 +69,8 @@ def summary_rows(data: dict, dataset: str) -> list[str]:
             worst_txt = "-"
         wall = np.mean([r.get("wall_time_s", 0) for r in group]) / 60
         rows.append(f"| {LABELS[variant]} | {len(seeds)} | {final.mean():.1f} +- {final.std():.1f} | "
-                    f"{best.mean():.1f} | {worst_txt} | {wall:.1f} min |")
+                    f"{last3.mean():.1f} +- {last3.std():.1f} | {best.mean():.1f} | {worst_txt} | "
+                    f"{wall:.1f} min |")
     return rows
 
 
