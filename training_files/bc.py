@@ -9,7 +9,6 @@ crash never leaves half a zip or half a row.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.utils import set_random_seed
 from tqdm import tqdm
 
+from atomic_file import replace_atomically
 from normalized_policy import obs_normalizer, policy_kwargs
 from offline_data import OfflineData
 
@@ -57,21 +57,10 @@ def metrics_file(directory: Path, name: str) -> Path:
     return directory / f"{name}_metrics.csv"
 
 
-def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _append_metrics_row(path: Path, epoch: int, train_loss: float, val_loss: float) -> None:
     old = path.read_text() if path.exists() else CSV_HEADER
     row = f"{epoch},{train_loss!r},{val_loss!r}\n"
-    _replace_atomically(path, lambda tmp: tmp.write_text(old + row))
+    replace_atomically(path, lambda tmp: tmp.write_text(old + row))
 
 
 def archive_previous(directory: Path, name: str) -> Path | None:
@@ -157,7 +146,7 @@ def train_bc(data: OfflineData, cfg, settings: BCSettings, out_dir: Path, name: 
                        f"val_loss {val_loss:.4f}")
         if epoch % settings.save_every_epochs == 0 or epoch == settings.epochs:
             path = checkpoint_file(out_dir, name, epoch, val_loss)
-            _replace_atomically(path, lambda tmp: model.save(str(tmp)))
+            replace_atomically(path, lambda tmp: model.save(str(tmp)))
             _append_metrics_row(csv_path, epoch, train_loss, val_loss)
     env.close()
     return csv_path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 
+from atomic_file import replace_atomically
 from bc import build_model
 from errors import PipelineError
 from evaluation import PeriodicEval, evaluate, float32_observations, make_eval_env
@@ -77,13 +77,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
 def save_atomically(model, path: Path) -> Path:
     path = path if path.suffix == ".zip" else path.with_name(path.name + ".zip")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        model.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return replace_atomically(path, lambda tmp: model.save(str(tmp)))
 
 
 def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,

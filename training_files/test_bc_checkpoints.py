@@ -10,7 +10,6 @@ Run with ``python test_bc_checkpoints.py`` or ``python -m pytest -q test_bc_chec
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import math
 import os

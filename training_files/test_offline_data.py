@@ -26,7 +26,6 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
 import collect_dataset  # noqa: E402
-import offline_data  # noqa: E402
 from collect_dataset import (BUNDLED, D4RL_REF_SCORES, collect_episodes, minari_root,  # noqa: E402
                              write_minari_dataset)
 from errors import PipelineError  # noqa: E402

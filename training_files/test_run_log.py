@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -23,7 +22,6 @@ sys.path.insert(0, str(HERE))
 
 import filelock  # noqa: E402
 
-import run_log  # noqa: E402
 from run_log import append_run, read_runs  # noqa: E402
 
 try:
