@@ -293,13 +293,14 @@ class HybridPPO(PPO):
         """One PPO update over online GAE samples and offline V-trace samples."""
         self.policy.set_training_mode(False)
         use_offline = self.offline_data is not None and self.mix_ratio > 0
+        use_online = self.mix_ratio < 1.0 or not use_offline
         parts, offline_stats = [], {}
-        if self.mix_ratio < 1.0 or not use_offline:
+        if use_online:
             parts.append(self._online_batch())
         if use_offline:
             offline, offline_stats = self._offline_batch()
             parts.append(offline)
-        n_online = len(parts[0].actions) if (self.mix_ratio < 1.0 or not use_offline) else 0
+        n_online = len(parts[0].actions) if use_online else 0
         batch = OfflineBatch(*[torch.cat(fields) for fields in zip(*parts)])
         is_offline = torch.zeros(len(batch.actions), dtype=torch.bool, device=self.device)
         is_offline[n_online:] = True
