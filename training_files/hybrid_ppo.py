@@ -28,8 +28,8 @@ from offline_data import OfflineData
 from vtrace import vtrace
 
 
-class OfflineBatch(NamedTuple):
-    """Offline samples of one update, flattened after V-trace (time-major order kept)."""
+class UpdateSamples(NamedTuple):
+    """Samples of one update from one source (online GAE or offline V-trace), flattened."""
 
     observations: torch.Tensor
     actions: torch.Tensor
@@ -243,7 +243,7 @@ class HybridPPO(PPO):
         return int(round(n_online * self.mix_ratio / (1.0 - self.mix_ratio)))
 
     @torch.no_grad()
-    def _offline_batch(self) -> tuple[OfflineBatch, dict]:
+    def _offline_batch(self) -> tuple[UpdateSamples, dict]:
         """Draw segments and compute V-trace with the current policy, before any shuffling."""
         off = self._offline
         n = len(off["rewards"])
@@ -275,16 +275,16 @@ class HybridPPO(PPO):
                  "ood/weight_mean": weights.mean().item(),
                  "ood/downweighted_frac": (weights < 1.0).float().mean().item(),
                  "offline/samples": len(flat)}
-        return OfflineBatch(obs, actions, log_pi, values, out.pg_advantages.flatten(),
+        return UpdateSamples(obs, actions, log_pi, values, out.pg_advantages.flatten(),
                             out.vs.flatten(), weights), stats
 
-    def _online_batch(self) -> OfflineBatch:
+    def _online_batch(self) -> UpdateSamples:
         """The rollout buffer flattened the way RolloutBuffer.get does (same sample order)."""
         buf = self.rollout_buffer
         flat = lambda a: buf.to_torch(buf.swap_and_flatten(a))  # noqa: E731
         actions = flat(buf.actions)
         n = len(actions)
-        return OfflineBatch(flat(buf.observations), actions, flat(buf.log_probs).flatten(),
+        return UpdateSamples(flat(buf.observations), actions, flat(buf.log_probs).flatten(),
                             flat(buf.values).flatten(), flat(buf.advantages).flatten(),
                             flat(buf.returns).flatten(), torch.ones(n, device=self.device))
 
@@ -301,7 +301,7 @@ class HybridPPO(PPO):
             offline, offline_stats = self._offline_batch()
             parts.append(offline)
         n_online = len(parts[0].actions) if use_online else 0
-        batch = OfflineBatch(*[torch.cat(fields) for fields in zip(*parts)])
+        batch = UpdateSamples(*[torch.cat(fields) for fields in zip(*parts)])
         is_offline = torch.zeros(len(batch.actions), dtype=torch.bool, device=self.device)
         is_offline[n_online:] = True
 
