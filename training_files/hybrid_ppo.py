@@ -213,11 +213,12 @@ class HybridPPO(PPO):
         refresh = max(1, grad_steps // 4)
         losses = []
         self.policy.set_training_mode(True)
+        var = targets.var().clamp(min=1e-8)
         for step in range(grad_steps):
             if step and step % refresh == 0:
                 targets = self._dataset_returns()
+                var = targets.var().clamp(min=1e-8)
             idx = torch.randint(len(obs), (self.warmup_batch_size,), generator=gen).to(self.device)
-            var = targets.var().clamp(min=1e-8)
             loss = F.mse_loss(self.policy.predict_values(obs[idx]).flatten(), targets[idx]) / var
             optimizer.zero_grad()
             loss.backward()
