@@ -332,7 +332,7 @@ def load_offline_data(dataset: str, env: str, names: list[str], env_id: str,
     own = {d.ref_scores for d in datas if d.ref_scores is not None}
     if len(own) == 1 and all(d.ref_scores is not None for d in datas):
         data.ref_scores, data.ref_scores_source = own.pop(), datas[0].ref_scores_source
-    elif d4rl_ref_scores(env) is not None:
-        data.ref_scores, data.ref_scores_source = d4rl_ref_scores(env), f"d4rl:{env}"
+    elif (d4rl := d4rl_ref_scores(env)) is not None:
+        data.ref_scores, data.ref_scores_source = d4rl, f"d4rl:{env}"
     _check_env_fit(data, data.provenance, env_id, env_kwargs, candidates or {})
     return data
