@@ -95,7 +95,8 @@ def gaussian_nll(policy, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tens
     return -policy.get_distribution(obs).log_prob(actions)
 
 
-def train_bc(data: OfflineData, cfg, settings: BCSettings, out_dir: Path, name: str) -> Path:
+def train_bc(data: OfflineData, cfg, settings: BCSettings, out_dir: Path, name: str,
+             progress: bool = True) -> Path:
     """Train BC, writing checkpoints and the metrics CSV into out_dir; returns the CSV path."""
     set_random_seed(settings.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -123,7 +124,7 @@ def train_bc(data: OfflineData, cfg, settings: BCSettings, out_dir: Path, name: 
     print(f"BC: {len(train)} train / {len(val)} val transitions "
           f"({len(train_ids)}/{len(val_ids)} episodes), {settings.epochs} epochs, "
           f"batch {settings.batch_size}, device {device}")
-    bar = tqdm(range(1, settings.epochs + 1), desc="BC", unit="epoch")
+    bar = tqdm(range(1, settings.epochs + 1), desc="BC", unit="epoch", disable=not progress)
     for epoch in bar:
         policy.set_training_mode(True)
         perm = torch.randperm(len(train_obs), generator=generator).to(device)

@@ -1,4 +1,12 @@
-"""Deterministic evaluation episodes, raw and D4RL-normalised, for BC and HybridPPO alike."""
+"""Deterministic evaluation, raw and D4RL-normalised, for BC and HybridPPO alike.
+
+All episodes of one evaluation step together in one vectorised env (one env per episode,
+episode i seeded `seed + i`), so an evaluation costs about one episode's worth of policy calls
+instead of `episodes` of them. Every evaluation of a run uses the same episode seeds, which
+makes the periodic evaluations comparable with each other; the final test evaluation uses
+other seeds, so the model chosen on the periodic ones is scored on episodes it was not picked
+on (Agarwal et al. 2021; rl-zoo3's EvalCallback selects and reports on the same episodes).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +16,16 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from offline_data import normalized_score
+
+# Episode seeds: training envs use seed + rank (SB3's make_vec_env); periodic evaluations (the
+# ones a best model is selected on) and the test evaluation each have their own block.
+SELECTION_SEED_OFFSET = 10_000
+TEST_SEED_OFFSET = 20_000
 
 
 def float32_observations(env: gym.Env) -> gym.Env:
@@ -19,35 +33,53 @@ def float32_observations(env: gym.Env) -> gym.Env:
     return gym.wrappers.DtypeObservation(env, np.float32)
 
 
-def make_eval_env(env_id: str, env_kwargs: dict, seed: int, float32_obs: bool = False) -> gym.Env:
-    env = gym.make(env_id, **env_kwargs)
-    env = Monitor(float32_observations(env) if float32_obs else env)
-    env.reset(seed=seed)
-    env.action_space.seed(seed)
-    return env
+class EvalEnv:
+    """`episodes` Monitor-wrapped copies of one env, reset with fixed seeds at every evaluation."""
+
+    def __init__(self, env_id: str, env_kwargs: dict, episodes: int, seed: int,
+                 float32_obs: bool = False):
+        self.episodes, self.seed = episodes, seed
+        self.venv: VecEnv = make_vec_env(env_id, n_envs=episodes, env_kwargs=env_kwargs,
+                                         vec_env_cls=DummyVecEnv,
+                                         wrapper_class=float32_observations if float32_obs else None)
+
+    def evaluate(self, model, ref_scores) -> dict:
+        """Mean/std return of one deterministic episode per env; normalised score if defined."""
+        self.venv.seed(self.seed)  # consumed by the reset inside evaluate_policy
+        returns, lengths = evaluate_policy(model, self.venv, n_eval_episodes=self.episodes,
+                                           deterministic=True, return_episode_rewards=True)
+        mean = float(np.mean(returns))
+        return {"mean_reward": mean, "std_reward": float(np.std(returns)),
+                "mean_ep_length": float(np.mean(lengths)), "episodes": self.episodes,
+                "seeds": [self.seed, self.seed + self.episodes - 1],
+                "normalized_score": normalized_score(mean, ref_scores)}
+
+    def close(self) -> None:
+        self.venv.close()
 
 
-def evaluate(model, env: gym.Env, episodes: int, ref_scores) -> dict:
-    """Mean/std return over `episodes` deterministic episodes; normalised score if defined."""
-    returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True,
-                                       return_episode_rewards=True, warn=False)
-    mean = float(np.mean(returns))
-    return {"mean_reward": mean, "std_reward": float(np.std(returns)),
-            "mean_ep_length": float(np.mean(lengths)), "episodes": episodes,
-            "normalized_score": normalized_score(mean, ref_scores)}
+def evaluate(model, env_id: str, env_kwargs: dict, episodes: int, seed: int, ref_scores,
+             float32_obs: bool = False) -> dict:
+    """One evaluation on a fresh EvalEnv (for one-off evaluations: BC, the test evaluation)."""
+    env = EvalEnv(env_id, env_kwargs, episodes, seed, float32_obs)
+    try:
+        return env.evaluate(model, ref_scores)
+    finally:
+        env.close()
 
 
 class PeriodicEval(BaseCallback):
     """Every `eval_freq` env steps: eval/mean_reward and eval/normalized_score, plus a CSV row.
 
     SB3's EvalCallback dumps its logger before another key can join the same step, so the
-    normalised score would land one rollout late; this one records both together.
+    normalised score would land one rollout late; this one records both together. `on_eval`
+    sees each result with the model (the best-model keeper uses it).
     """
 
-    def __init__(self, env: gym.Env, eval_freq: int, episodes: int, ref_scores,
-                 csv_path: Path | None = None, on_eval=None, eval_at_start: bool = True):
+    def __init__(self, env: EvalEnv, eval_freq: int, ref_scores, csv_path: Path | None = None,
+                 on_eval=None, eval_at_start: bool = True):
         super().__init__()
-        self.env, self.eval_freq, self.episodes, self.ref_scores = env, eval_freq, episodes, ref_scores
+        self.env, self.eval_freq, self.ref_scores = env, eval_freq, ref_scores
         self.csv_path, self.on_eval = csv_path, on_eval
         self.history: list[dict] = []
         self._next = eval_freq
@@ -59,7 +91,7 @@ class PeriodicEval(BaseCallback):
             self.run_eval()
 
     def run_eval(self) -> dict:
-        result = evaluate(self.model, self.env, self.episodes, self.ref_scores)
+        result = self.env.evaluate(self.model, self.ref_scores)
         result["timesteps"] = int(self.model.num_timesteps)
         self.history.append(result)
         self.logger.record("eval/mean_reward", result["mean_reward"])
@@ -76,7 +108,7 @@ class PeriodicEval(BaseCallback):
                 writer.writerow([result["timesteps"], result["mean_reward"], result["std_reward"],
                                  result["normalized_score"]])
         if self.on_eval is not None:
-            self.on_eval(result)
+            self.on_eval(result, self.model)
         return result
 
     def _on_step(self) -> bool:

@@ -71,10 +71,14 @@ class HybridConfig(EnvConfig):
 
     total_timesteps: int = Field(gt=0)
     n_envs: int = Field(1, gt=0)
+    vec_env: Literal["dummy", "subproc"] = "dummy"
+    """dummy: all envs step in this process (SB3's DummyVecEnv); subproc: one process per env."""
     n_steps: int = Field(2048, gt=1)
     batch_size: int = Field(64, gt=1)
     n_epochs: int = Field(10, gt=0)
     learning_rate: float = Field(3e-4, gt=0)
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """linear: the learning rate decays linearly to 0 over the run (Uni-O4 decays it too)."""
     gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
     clip_range: float = Field(0.2, gt=0)
@@ -86,9 +90,19 @@ class HybridConfig(EnvConfig):
     segment_length: int = Field(64, gt=0)
     warmup_learning_rate: float = Field(1e-3, gt=0)
     warmup_batch_size: int = Field(256, gt=0)
+    critic_only_updates: int = Field(0, ge=0)
+    """First updates that train only the critic on online+offline targets, actor frozen
+    (DPPO's n_critic_warmup_itr)."""
+    bc_decay: float = Field(1.0, gt=0, le=1)
+    """The BC term's weight is bc_coeff * bc_decay ** update (DAPG's lambda0 * lambda1^k)."""
+    offline_advantage_centering: Literal["mean", "rho", "none"] = "mean"
+    """How V-trace advantages are normalised per minibatch (see HybridPPO)."""
     ood: OODConfig = Field(default_factory=OODConfig)
     eval_freq: int = Field(10_000, gt=0)
-    eval_episodes: int = Field(5, ge=1)
+    eval_episodes: int = Field(10, ge=1)
+    """Deterministic episodes of each periodic evaluation (the best model is chosen on them)."""
+    test_episodes: int = Field(20, ge=1)
+    """Deterministic episodes of the final test evaluation, on seeds never used for selection."""
 
     @model_validator(mode="after")
     def _batch_fits_rollout(self) -> HybridConfig:
@@ -142,15 +156,21 @@ def _validate(model: type[_Strict], key: str, raw: Any, path: Path) -> Any:
         raise PipelineError(f"hparam entry '{key}' in {path}: {msg}{more}") from exc
 
 
-def load_hparams(bc_key: str, hybrid_key: str,
-                 path: Path = DEFAULT_HPARAM_FILE) -> tuple[BCConfig, HybridConfig]:
-    """Both entries of one run, validated together before any work starts."""
+def load_hparams(bc_key: str, hybrid_key: str, path: Path = DEFAULT_HPARAM_FILE,
+                 **hybrid_overrides) -> tuple[BCConfig, HybridConfig]:
+    """Both entries of one run, validated together before any work starts.
+
+    `hybrid_overrides` (flags such as --n_envs) replace entry fields before validation, so an
+    override that breaks a rule (batch_size > n_steps * n_envs) is reported like a bad entry.
+    """
     data = _load_yaml(path)
     for kind, key in (("BC", bc_key), ("Hybrid", hybrid_key)):
         if key not in data:
             raise PipelineError(f"ERROR: {kind} hparam key '{key}' not found in {path.name}")
     bc = _validate(BCConfig, bc_key, data[bc_key], path)
-    hybrid = _validate(HybridConfig, hybrid_key, data[hybrid_key], path)
+    overrides = {k: v for k, v in hybrid_overrides.items() if v is not None}
+    raw = {**data[hybrid_key], **overrides} if isinstance(data[hybrid_key], dict) else data[hybrid_key]
+    hybrid = _validate(HybridConfig, hybrid_key, raw, path)
     if (bc.env_id, bc.env_kwargs) != (hybrid.env_id, hybrid.env_kwargs):
         raise PipelineError(f"'{bc_key}' trains on {bc.env_id} {bc.env_kwargs} but '{hybrid_key}' "
                             f"fine-tunes on {hybrid.env_id} {hybrid.env_kwargs}: they must match")

@@ -2,19 +2,20 @@
 
 Online rollouts come from SB3's own `collect_rollouts` and keep GAE (they are on-policy).
 Offline data enter each update as contiguous dataset segments whose targets are V-trace
-(Espeholt et al. 2018) under the current policy, computed at the start of `train()` before
-anything is shuffled. Three log-probabilities stay apart: mu (behaviour, fixed: the frozen BC
-policy or the dataset's own log-probs), pi_old (policy at the start of this update, the PPO
-ratio's denominator for both sources) and pi (the policy being optimised).
+(Espeholt et al. 2018) under the current policy (`offline_batch.py`). Three log-probabilities
+stay apart: mu (behaviour, fixed: the frozen BC policy or the dataset's own log-probs), pi_old
+(policy at the start of this update, the PPO ratio's denominator for both sources) and pi (the
+policy being optimised).
 
 Only `train()` and `_setup_learn()` are overridden (the way sb3-contrib's MaskablePPO does), so
-SB3's rollouts, logger keys and save/load stay intact; a saved zip loads with `PPO.load`.
+SB3's rollouts, logger keys and save/load stay intact; a saved zip loads with `PPO.load`. With
+every mechanism switched off (mix_ratio 0, bc_coeff 0, no warm-up, no critic-only updates),
+`train()` is SB3's PPO.train bit for bit (tested).
 """
 
 from __future__ import annotations
 
-import copy
-from typing import NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,93 +25,74 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
+from critic_warmup import warm_up_critic
+from hparams import OODConfig
+from offline_batch import OfflineBuffer, UpdateSamples
 from offline_data import OfflineData
-from vtrace import vtrace
-
-
-class UpdateSamples(NamedTuple):
-    """Samples of one update from one source (online GAE or offline V-trace), flattened."""
-
-    observations: torch.Tensor
-    actions: torch.Tensor
-    old_log_prob: torch.Tensor  # pi_old
-    old_values: torch.Tensor
-    advantages: torch.Tensor  # V-trace policy-gradient advantages
-    returns: torch.Tensor  # V-trace targets v_s
-    weights: torch.Tensor  # OOD weights in [0, 1]
-
-
-def ood_weights(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, z_threshold: float,
-                temperature: float, min_weight: float) -> torch.Tensor:
-    """1 for actions within z_threshold RMS standard deviations of pi, decaying beyond.
-
-    z is the RMS over action dims of (a - mean)/std, so its scale does not grow with the action
-    dimension; a dataset action the current policy would almost never take gets little say in
-    the policy-gradient and BC terms (its V-trace value target is kept: rho already caps it).
-    """
-    z = torch.sqrt((((actions - mean) / std) ** 2).mean(dim=-1))
-    weights = torch.exp(-torch.clamp(z - z_threshold, min=0.0) / temperature)
-    return torch.clamp(weights, min=min_weight)
-
-
-def discounted_returns(rewards: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
-                       bootstrap: np.ndarray, gamma: float) -> np.ndarray:
-    """Per-step discounted return of dataset episodes; truncated ends bootstrap from `bootstrap`."""
-    out = np.empty(len(rewards), dtype=np.float64)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        if terminations[t]:
-            running = rewards[t]
-        elif truncations[t]:
-            running = rewards[t] + gamma * bootstrap[t]
-        else:
-            running = rewards[t] + gamma * running
-        out[t] = running
-    return out
-
 
 class HybridPPO(PPO):
-    """PPO + offline segments with V-trace, OOD weights, a BC term and a critic warm-up.
+    """PPO + offline segments with V-trace, OOD weights, a BC term and critic warm-ups.
 
     :param offline_data: transitions to mix in (None: plain PPO).
     :param behaviour_policy: frozen estimate of mu (the best BC policy); ignored when the data
         carry their own behaviour log-probs.
-    :param mix_ratio: offline share of the samples in each update. Each update adds
-        round(online * mix/(1-mix)) offline transitions, rounded to whole segments, and
-        scales the minibatch so the number of gradient steps equals plain PPO's. 0 is plain
-        PPO; 1 still collects rollouts (evaluation, logging) but learns from n_steps*n_envs
-        offline transitions only.
-    :param bc_coeff: weight of the OOD-weighted -log pi(a|s) on offline samples (DAPG-style).
+    :param mix_ratio: offline share of the samples in each update, with a bounded cost: up to
+        0.5 the whole rollout (N = n_steps * n_envs) is used and round(N * mix/(1-mix)) offline
+        transitions are added (N at 0.5); above 0.5 an update holds 2N samples, 2N*mix of them
+        offline and a random 2N*(1-mix) of the rollout. Continuous in mix_ratio, never more
+        than twice PPO's samples. The minibatch grows with the update so the number of gradient
+        steps equals plain PPO's.
+    :param bc_coeff: weight of the OOD-weighted -log pi(a|s) on offline samples (DAPG-style),
+        multiplied by bc_decay ** (updates so far) (DAPG's lambda0 * lambda1^k).
     :param warm_start_steps: value-only gradient steps on dataset returns before the first
-        rollout (policy frozen); an untrained critic is the known cause of the early collapse.
+        rollout (`critic_warmup.py`).
+    :param critic_only_updates: the first updates train the critic alone on online and offline
+        targets, actor frozen (DPPO's n_critic_warmup_itr, PIRLNav's critic-first phase): the
+        warm-up fits the data's returns, these fit the returns of the policy being tuned.
+    :param offline_advantage_centering: how V-trace advantages are normalised per minibatch:
+        "mean" subtracts their mean (SB3's rule, biased off-policy: it adds -b E_mu[grad log pi],
+        not zero once pi != mu), "rho" subtracts rho * b (E_mu[rho grad log pi] = 0 when rho is
+        not truncated), "none" only divides by their RMS.
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
                  mix_ratio: float = 0.5, rho_bar: float = 1.0, c_bar: float = 0.95,
-                 bc_coeff: float = 0.0, warm_start_steps: int = 0, warmup_learning_rate: float = 1e-3,
-                 warmup_batch_size: int = 256, segment_length: int = 64,
-                 ood_z_threshold: float = 2.0, ood_temperature: float = 1.0,
-                 ood_min_weight: float = 0.0, log_std_min: float | None = None, **kwargs):
+                 bc_coeff: float = 0.0, bc_decay: float = 1.0, warm_start_steps: int = 0,
+                 warmup_learning_rate: float = 1e-3, warmup_batch_size: int = 256,
+                 critic_only_updates: int = 0, segment_length: int = 64,
+                 ood: OODConfig | None = None,
+                 offline_advantage_centering: Literal["mean", "rho", "none"] = "mean",
+                 log_std_min: float | None = None, **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
         self.mix_ratio = mix_ratio
-        self.rho_bar, self.c_bar, self.bc_coeff = rho_bar, c_bar, bc_coeff
+        self.rho_bar, self.c_bar = rho_bar, c_bar
+        self.bc_coeff, self.bc_decay = bc_coeff, bc_decay
         self.warm_start_steps, self.warmup_learning_rate = warm_start_steps, warmup_learning_rate
-        self.warmup_batch_size, self.segment_length = warmup_batch_size, segment_length
-        self.ood_z_threshold, self.ood_temperature = ood_z_threshold, ood_temperature
-        self.ood_min_weight, self.log_std_min = ood_min_weight, log_std_min
+        self.warmup_batch_size, self.critic_only_updates = warmup_batch_size, critic_only_updates
+        self.segment_length, self.ood = segment_length, ood or OODConfig()
+        self.offline_advantage_centering = offline_advantage_centering
+        self.log_std_min = log_std_min
         self.warmed_up = False
         self.warmup_stats: dict = {}
-        self.offline_data, self.behaviour_policy = None, None
+        self.policy_updates = 0  # train() calls, for bc_decay and the critic-only phase
+        self.offline: OfflineBuffer | None = None
         super().__init__(*args, **kwargs)
         if offline_data is not None:
             self.set_offline_data(offline_data, behaviour_policy)
 
     # ------------------------------------------------------------------ set-up
     def _excluded_save_params(self) -> list[str]:
-        # Datasets and the behaviour policy are inputs, not model state: keep zips small.
-        return super()._excluded_save_params() + [
-            "offline_data", "behaviour_policy", "_offline", "_offline_rng"]
+        # The dataset and the behaviour policy are inputs, not model state: keep zips small.
+        return super()._excluded_save_params() + ["offline"]
+
+    @property
+    def offline_data(self) -> OfflineData | None:
+        return None if self.offline is None else self.offline.data
+
+    @property
+    def behaviour_policy(self):
+        return None if self.offline is None else self.offline.behaviour_policy
 
     def load_bc_checkpoint(self, path) -> None:
         """Initialise the policy (weights and frozen obs statistics) from a BC zip."""
@@ -134,177 +116,79 @@ class HybridPPO(PPO):
 
     def set_offline_data(self, data: OfflineData, behaviour_policy=None) -> None:
         """Move the dataset to the device once and fix mu for every transition."""
-        as_t = lambda a, dtype=torch.float32: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
-        self.offline_data = data
-        obs, actions = as_t(data.observations), as_t(data.actions)
-        if data.behaviour_log_probs is not None:
-            mu = as_t(data.behaviour_log_probs).reshape(-1)
-        else:
-            # Always a copy: freezing the caller's object could freeze the live policy itself.
-            behaviour_policy = copy.deepcopy(behaviour_policy if behaviour_policy is not None
-                                             else self.policy)
-            behaviour_policy.set_training_mode(False)
-            for p in behaviour_policy.parameters():
-                p.requires_grad_(False)
-            if self.log_std_min is not None and hasattr(behaviour_policy, "log_std"):
-                # Deterministic demonstrations give BC a near-zero std; pi is floored at
-                # log_std_min, so an unfloored mu would make pi/mu ~ 0 for every dataset action
-                # and switch V-trace off. mu gets the same floor as pi.
-                behaviour_policy.log_std.clamp_(min=self.log_std_min)
-            with torch.no_grad():
-                mu = torch.cat([behaviour_policy.get_distribution(obs[i:i + 65536])
-                                .log_prob(actions[i:i + 65536]) for i in range(0, len(obs), 65536)])
-        self.behaviour_policy = behaviour_policy
-        self._offline = {
-            "observations": obs, "actions": actions, "rewards": as_t(data.rewards),
-            "next_observations": as_t(data.next_observations),
-            "terminations": as_t(data.terminations, torch.bool),
-            "episode_ends": as_t(data.episode_ends, torch.bool), "mu_log_prob": mu,
-        }
-        self._offline_rng = np.random.default_rng(self.seed)
+        self.offline = OfflineBuffer(data, self.device, behaviour_policy or self.policy,
+                                     self.log_std_min, self.seed)
 
     def _setup_learn(self, *args, **kwargs):
         out = super()._setup_learn(*args, **kwargs)
-        if self.offline_data is not None and self.warm_start_steps > 0 and not self.warmed_up:
+        if self.offline is not None and self.warm_start_steps > 0 and not self.warmed_up:
             self.warm_up_value_function(self.warm_start_steps)
         return out
 
-    # ------------------------------------------------------------------ critic warm-up
-    def _value_params(self) -> list[torch.nn.Parameter]:
-        return [*self.policy.mlp_extractor.value_net.parameters(), *self.policy.value_net.parameters()]
-
-    @torch.no_grad()
-    def _dataset_returns(self) -> torch.Tensor:
-        off, data = self._offline, self.offline_data
-        trunc = np.flatnonzero(data.truncations)
-        bootstrap = np.zeros(len(data))
-        if len(trunc):
-            bootstrap[trunc] = self._predict_values(off["next_observations"][trunc]).cpu().numpy()
-        g = discounted_returns(data.rewards, data.terminations, data.truncations, bootstrap, self.gamma)
-        return torch.as_tensor(g, dtype=torch.float32, device=self.device)
-
-    def _predict_values(self, obs: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-        return torch.cat([self.policy.predict_values(obs[i:i + chunk]).flatten()
-                          for i in range(0, len(obs), chunk)])
-
     def warm_up_value_function(self, grad_steps: int) -> dict:
-        """Fit V to dataset returns with the actor frozen.
-
-        The value head is first refitted by least squares on the critic's current features, so
-        the output is on the scale of the returns (hundreds on walker2d) before any gradient
-        step; the loss is the MSE divided by the targets' variance (= 1 - explained variance),
-        which makes Adam's steps independent of the reward scale. Truncated episode ends
-        bootstrap from the current V, refreshed four times during the warm-up.
-        """
-        obs = self._offline["observations"]
-        gen = torch.Generator(device="cpu").manual_seed(int(self.seed or 0))
-        self.policy.set_training_mode(False)
-        targets = self._dataset_returns()
-        with torch.no_grad():
-            rows = torch.randperm(len(obs), generator=gen)[:20000].to(self.device)
-            latent = self.policy.mlp_extractor.forward_critic(self.policy.extract_features(obs[rows]))
-            # float64 on the CPU: MPS has no float64, and this is one small solve.
-            x = torch.cat([latent, torch.ones(len(rows), 1, device=self.device)], dim=1).cpu().double()
-            ridge = 1e-3 * torch.eye(x.shape[1], dtype=torch.float64)
-            w = torch.linalg.solve(x.T @ x + ridge, x.T @ targets[rows].cpu().double()).to(self.device)
-            self.policy.value_net.weight.copy_(w[:-1].float().unsqueeze(0))
-            self.policy.value_net.bias.copy_(w[-1:].float())
-        optimizer = torch.optim.Adam(self._value_params(), lr=self.warmup_learning_rate)
-        refresh = max(1, grad_steps // 4)
-        losses = []
-        self.policy.set_training_mode(True)
-        var = targets.var().clamp(min=1e-8)
-        for step in range(grad_steps):
-            if step and step % refresh == 0:
-                targets = self._dataset_returns()
-                var = targets.var().clamp(min=1e-8)
-            idx = torch.randint(len(obs), (self.warmup_batch_size,), generator=gen).to(self.device)
-            loss = F.mse_loss(self.policy.predict_values(obs[idx]).flatten(), targets[idx]) / var
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        with torch.no_grad():
-            ev = explained_variance(self._predict_values(obs).cpu().numpy(), targets.cpu().numpy())
+        """Fit V to the dataset's returns with the actor frozen (see critic_warmup.py)."""
+        stats = warm_up_critic(self.policy, self.offline, grad_steps, self.warmup_learning_rate,
+                               self.warmup_batch_size, self.gamma, int(self.seed or 0))
         self.warmed_up = True
-        stats = {"warmup/value_loss": float(np.mean(losses[-10:])) if losses else float("nan"),
-                 "warmup/first_loss": losses[0] if losses else float("nan"),
-                 "warmup/explained_variance": float(ev), "warmup/grad_steps": grad_steps}
         self.warmup_stats = stats
         for key, value in stats.items():
             self.logger.record(key, value)
         self.logger.dump(self.num_timesteps)
         return stats
 
-    # ------------------------------------------------------------------ offline batch
-    def _n_offline(self) -> int:
-        n_online = self.n_steps * self.n_envs
-        if self.mix_ratio >= 1.0:
-            return n_online
-        return int(round(n_online * self.mix_ratio / (1.0 - self.mix_ratio)))
+    # ------------------------------------------------------------------ samples of one update
+    def _sample_counts(self) -> tuple[int, int]:
+        """(online, offline) samples of one update; see mix_ratio in the class docstring."""
+        n_rollout = self.n_steps * self.n_envs
+        if self.offline is None or self.mix_ratio == 0:
+            return n_rollout, 0
+        if self.mix_ratio <= 0.5:
+            return n_rollout, int(round(n_rollout * self.mix_ratio / (1.0 - self.mix_ratio)))
+        n_offline = int(round(2 * n_rollout * self.mix_ratio))
+        return 2 * n_rollout - n_offline, n_offline
 
-    @torch.no_grad()
-    def _offline_batch(self) -> tuple[UpdateSamples, dict]:
-        """Draw segments and compute V-trace with the current policy, before any shuffling."""
-        off = self._offline
-        n = len(off["rewards"])
-        length = min(self.segment_length, n)
-        n_segments = max(1, int(round(self._n_offline() / length)))
-        starts = self._offline_rng.integers(0, n - length + 1, size=n_segments)
-        idx = torch.as_tensor(starts[None, :] + np.arange(length)[:, None], device=self.device)
-        flat = idx.reshape(-1)  # time-major: row t of every segment, then row t+1
-
-        obs, actions = off["observations"][flat], off["actions"][flat]
-        dist = self.policy.get_distribution(obs)
-        log_pi = dist.log_prob(actions)
-        values = self.policy.predict_values(obs).flatten()
-        next_values = self.policy.predict_values(off["next_observations"][flat]).flatten()
-        log_rhos = log_pi - off["mu_log_prob"][flat]
-        shape = (length, n_segments)
-        out = vtrace(log_rhos.view(shape), off["rewards"][flat].view(shape), values.view(shape),
-                     next_values.view(shape), off["terminations"][flat].view(shape),
-                     off["episode_ends"][flat].view(shape), self.gamma, self.rho_bar, self.c_bar)
-        gauss = dist.distribution
-        weights = ood_weights(actions, gauss.mean, gauss.stddev, self.ood_z_threshold,
-                              self.ood_temperature, self.ood_min_weight)
-        rhos = log_rhos.exp()
-        stats = {"vtrace/rho_mean": rhos.mean().item(),
-                 "vtrace/rho_clip_frac": (rhos > self.rho_bar).float().mean().item(),
-                 "vtrace/target_mean": out.vs.mean().item(),
-                 "offline/explained_variance": explained_variance(
-                     values.cpu().numpy(), out.vs.flatten().cpu().numpy()),
-                 "ood/weight_mean": weights.mean().item(),
-                 "ood/downweighted_frac": (weights < 1.0).float().mean().item(),
-                 "offline/samples": len(flat)}
-        return UpdateSamples(obs, actions, log_pi, values, out.pg_advantages.flatten(),
-                            out.vs.flatten(), weights), stats
-
-    def _online_batch(self) -> UpdateSamples:
+    def _online_batch(self, n_samples: int) -> UpdateSamples:
         """The rollout buffer flattened the way RolloutBuffer.get does (same sample order)."""
         buf = self.rollout_buffer
         flat = lambda a: buf.to_torch(buf.swap_and_flatten(a))  # noqa: E731
         actions = flat(buf.actions)
-        n = len(actions)
-        return UpdateSamples(flat(buf.observations), actions, flat(buf.log_probs).flatten(),
-                            flat(buf.values).flatten(), flat(buf.advantages).flatten(),
-                            flat(buf.returns).flatten(), torch.ones(n, device=self.device))
+        ones = torch.ones(len(actions), device=self.device)
+        samples = UpdateSamples(flat(buf.observations), actions, flat(buf.log_probs).flatten(),
+                                flat(buf.values).flatten(), flat(buf.advantages).flatten(),
+                                flat(buf.returns).flatten(), ones, ones)
+        if n_samples < len(actions):
+            keep = torch.as_tensor(np.sort(self.offline.rng.choice(len(actions), n_samples,
+                                                                   replace=False)), device=self.device)
+            samples = UpdateSamples(*[field[keep] for field in samples])
+        return samples
+
+    def _offline_batch(self, n_samples: int | None = None) -> tuple[UpdateSamples, dict]:
+        """The update's offline segments with V-trace under the current policy and critic."""
+        n_samples = self._sample_counts()[1] if n_samples is None else n_samples
+        return self.offline.sample(self.policy, n_samples, self.segment_length, self.gamma,
+                                   self.rho_bar, self.c_bar, self.ood)
+
+    def _update_samples(self) -> tuple[UpdateSamples, torch.Tensor, dict]:
+        """Online then offline samples of this update, and which rows are offline."""
+        n_online, n_offline = self._sample_counts()
+        parts, stats = [], {}
+        if n_online:
+            parts.append(self._online_batch(n_online))
+        if n_offline:
+            offline, stats = self._offline_batch(n_offline)
+            parts.append(offline)
+        batch = UpdateSamples(*[torch.cat(fields) for fields in zip(*parts)])
+        is_offline = torch.zeros(len(batch.actions), dtype=torch.bool, device=self.device)
+        is_offline[len(parts[0].actions) if n_online else 0:] = True  # empty slice without offline
+        return batch, is_offline, stats
 
     # ------------------------------------------------------------------ update
     def train(self) -> None:
         """One PPO update over online GAE samples and offline V-trace samples."""
         self.policy.set_training_mode(False)
-        use_offline = self.offline_data is not None and self.mix_ratio > 0
-        use_online = self.mix_ratio < 1.0 or not use_offline
-        parts, offline_stats = [], {}
-        if use_online:
-            parts.append(self._online_batch())
-        if use_offline:
-            offline, offline_stats = self._offline_batch()
-            parts.append(offline)
-        n_online = len(parts[0].actions) if use_online else 0
-        batch = UpdateSamples(*[torch.cat(fields) for fields in zip(*parts)])
-        is_offline = torch.zeros(len(batch.actions), dtype=torch.bool, device=self.device)
-        is_offline[n_online:] = True
+        batch, is_offline, offline_stats = self._update_samples()
+        critic_only = self.policy_updates < self.critic_only_updates
+        bc_coeff = self.bc_coeff * self.bc_decay ** self.policy_updates
 
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -329,7 +213,7 @@ class HybridPPO(PPO):
                 values, log_prob, entropy = self.policy.evaluate_actions(batch.observations[mb], actions)
                 values = values.flatten()
                 offline_mb, weights = is_offline[mb], batch.weights[mb]
-                advantages = self._normalize_per_source(batch.advantages[mb], offline_mb)
+                advantages = self._normalize_per_source(batch.advantages[mb], batch.rhos[mb], offline_mb)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob[mb])
                 surrogate = torch.min(advantages * ratio,
@@ -349,11 +233,14 @@ class HybridPPO(PPO):
                 entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
                 entropy_losses.append(entropy_loss.item())
 
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
-                if self.bc_coeff > 0 and bool(offline_mb.any()):
-                    bc_loss = -(weights[offline_mb] * log_prob[offline_mb]).mean()
-                    bc_losses.append(bc_loss.item())
-                    loss = loss + self.bc_coeff * bc_loss
+                if critic_only:
+                    loss = self.vf_coef * value_loss  # actor gets no gradient: Adam skips it
+                else:
+                    loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                    if bc_coeff > 0 and bool(offline_mb.any()):
+                        bc_loss = -(weights[offline_mb] * log_prob[offline_mb]).mean()
+                        bc_losses.append(bc_loss.item())
+                        loss = loss + bc_coeff * bc_loss
 
                 with torch.no_grad():
                     log_ratio = log_prob - batch.old_log_prob[mb]
@@ -375,21 +262,37 @@ class HybridPPO(PPO):
             self._n_updates += 1
             if not continue_training:
                 break
+        self.policy_updates += 1
 
         self._record_train_stats(entropy_losses, pg_losses, value_losses, bc_losses,
                                  approx_kl_divs, clip_fractions, loss, clip_range, offline_stats)
+        self.logger.record("train/critic_only", int(critic_only))
+        if bc_losses:
+            self.logger.record("train/bc_coeff", bc_coeff)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
 
-    def _normalize_per_source(self, advantages: torch.Tensor, offline: torch.Tensor) -> torch.Tensor:
-        """GAE and V-trace advantages have different scales: each is normalised on its own."""
+    def _normalize_per_source(self, advantages: torch.Tensor, rhos: torch.Tensor,
+                              offline: torch.Tensor) -> torch.Tensor:
+        """GAE and V-trace advantages have different scales: each is normalised on its own.
+
+        Online: SB3's (A - mean) / (std + 1e-8). Offline: see offline_advantage_centering.
+        """
         if not self.normalize_advantage:
             return advantages
         out = advantages.clone()
-        for mask in (~offline, offline):
-            if int(mask.sum()) > 1:
-                part = advantages[mask]
-                out[mask] = (part - part.mean()) / (part.std() + 1e-8)
+        online = ~offline
+        if int(online.sum()) > 1:
+            part = advantages[online]
+            out[online] = (part - part.mean()) / (part.std() + 1e-8)
+        if int(offline.sum()) > 1:
+            part, rho = advantages[offline], rhos[offline]
+            if self.offline_advantage_centering == "mean":
+                out[offline] = (part - part.mean()) / (part.std() + 1e-8)
+            else:
+                if self.offline_advantage_centering == "rho":
+                    part = part - rho * (part.mean() / rho.mean().clamp(min=1e-8))
+                out[offline] = part / (part.pow(2).mean().sqrt() + 1e-8)
         return out
 
     def _record_train_stats(self, entropy_losses, pg_losses, value_losses, bc_losses,

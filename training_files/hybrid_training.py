@@ -1,4 +1,12 @@
-"""Pipeline step 4: build HybridPPO from the best BC checkpoint, train it, save it atomically."""
+"""Pipeline step 4: HybridPPO from the best BC checkpoint, trained, saved, tested.
+
+The run keeps two models: the final one and the best by periodic evaluation, whose first
+candidate is the BC policy itself (the evaluation at step 0, before the actor has moved). So
+the run never hands over a policy it measured worse than BC (rl-zoo3 keeps `best_model.zip`;
+"Three regimes of O2O RL", arXiv 2510.01460, keeps the better of pretrained and fine-tuned).
+The chosen model, the final model and BC are then scored on one test evaluation whose episode
+seeds were never used for the choice.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,18 @@ from pathlib import Path
 
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.utils import LinearSchedule, set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from atomic_file import replace_atomically
 from bc import build_model
 from errors import PipelineError
-from evaluation import PeriodicEval, evaluate, float32_observations, make_eval_env
+from evaluation import (SELECTION_SEED_OFFSET, TEST_SEED_OFFSET, EvalEnv, PeriodicEval, evaluate,
+                        float32_observations)
 from hybrid_ppo import HybridPPO
 from offline_data import OfflineData
+
+VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
 
 @dataclass(frozen=True)
@@ -37,31 +49,57 @@ class HybridSettings:
 @dataclass
 class HybridResult:
     save_file: Path
+    best_file: Path
     timesteps: int
     interrupted: bool
     final_eval: dict
+    best_eval: dict
     evaluations: list[dict] = field(default_factory=list)
     warmup: dict = field(default_factory=dict)
+
+    @property
+    def best_source(self) -> str:
+        """'bc' when nothing beat the start, 'final' when the last evaluation was the best."""
+        if self.best_eval["timesteps"] == 0:
+            return "bc"
+        return "final" if self.best_eval["timesteps"] == self.final_eval["timesteps"] else "best"
+
+
+def best_file_for(save_file: Path) -> Path:
+    """`<save_file stem>_best.zip` beside the final model."""
+    return save_file.with_name(f"{save_file.stem}_best.zip")
+
+
+def with_zip_suffix(path: Path) -> Path:
+    return path if path.suffix == ".zip" else path.with_name(path.name + ".zip")
+
+
+def make_train_env(cfg, seed: int, device: str):
+    """cfg.n_envs copies of the env, stepped in this process or one process each."""
+    return make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed, env_kwargs=cfg.env_kwargs,
+                        vec_env_cls=VEC_ENV_CLASSES[cfg.vec_env],
+                        wrapper_class=float32_observations if device == "mps" else None)
 
 
 def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
                  env=None) -> HybridPPO:
     """HybridPPO initialised from a BC zip; mu is the BC policy before log_std_subtract."""
     set_random_seed(settings.seed)
-    env = env or make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=settings.seed,
-                              env_kwargs=cfg.env_kwargs,
-                              wrapper_class=float32_observations if settings.device == "mps" else None)
+    env = env or make_train_env(cfg, settings.seed, settings.device)
+    learning_rate = (LinearSchedule(cfg.learning_rate, 0.0, 1.0) if cfg.lr_schedule == "linear"
+                     else cfg.learning_rate)
     model = build_model(
         cfg, env, settings.device, settings.seed, model_class=HybridPPO,
-        learning_rate=cfg.learning_rate, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
+        learning_rate=learning_rate, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
         clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
         max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
         mix_ratio=settings.mix_ratio, rho_bar=settings.rho_bar, c_bar=settings.c_bar,
-        bc_coeff=settings.bc_coeff, warm_start_steps=settings.warm_start_steps,
+        bc_coeff=settings.bc_coeff, bc_decay=cfg.bc_decay,
+        warm_start_steps=settings.warm_start_steps,
         warmup_learning_rate=cfg.warmup_learning_rate, warmup_batch_size=cfg.warmup_batch_size,
-        segment_length=cfg.segment_length, ood_z_threshold=cfg.ood.z_threshold,
-        ood_temperature=cfg.ood.temperature, ood_min_weight=cfg.ood.min_weight,
+        critic_only_updates=cfg.critic_only_updates, segment_length=cfg.segment_length,
+        ood=cfg.ood, offline_advantage_centering=cfg.offline_advantage_centering,
         log_std_min=cfg.log_std_min)
     try:
         model.load_bc_checkpoint(bc_checkpoint)
@@ -75,9 +113,28 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
 
 
 def save_atomically(model, path: Path) -> Path:
-    path = path if path.suffix == ".zip" else path.with_name(path.name + ".zip")
+    path = with_zip_suffix(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return replace_atomically(path, lambda tmp: model.save(str(tmp)))
+
+
+class BestModelKeeper:
+    """on_eval hook: saves the model whenever an evaluation beats every earlier one.
+
+    The step-0 evaluation is the BC policy's (the actor has not moved; warm-up touches only
+    the critic), so the kept model is never one measured worse than BC on these episodes.
+    """
+
+    def __init__(self, path: Path, report=None):
+        self.path, self.report = path, report
+        self.best: dict | None = None
+
+    def __call__(self, result: dict, model) -> None:
+        if self.best is None or result["mean_reward"] > self.best["mean_reward"]:
+            self.best = result
+            save_atomically(model, self.path)
+        if self.report is not None:
+            self.report(result)
 
 
 def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
@@ -86,11 +143,11 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     model = build_hybrid(data, bc_checkpoint, cfg, settings)
     settings.tb_dir.mkdir(parents=True, exist_ok=True)
     model.set_logger(configure(str(settings.tb_dir), ["tensorboard", "csv"]))
-    eval_env = make_eval_env(cfg.env_id, cfg.env_kwargs, settings.seed + 10_000,
-                             float32_obs=settings.device == "mps")
-    evaluator = PeriodicEval(eval_env, cfg.eval_freq, cfg.eval_episodes, data.ref_scores,
-                             csv_path=settings.tb_dir / "eval.csv", on_eval=on_eval)
-
+    eval_env = EvalEnv(cfg.env_id, cfg.env_kwargs, cfg.eval_episodes,
+                       settings.seed + SELECTION_SEED_OFFSET, float32_obs=settings.device == "mps")
+    keeper = BestModelKeeper(best_file_for(with_zip_suffix(settings.save_file)), on_eval)
+    evaluator = PeriodicEval(eval_env, cfg.eval_freq, data.ref_scores,
+                             csv_path=settings.tb_dir / "eval.csv", on_eval=keeper)
     interrupted = False
     try:
         model.learn(total_timesteps=settings.total_timesteps, callback=evaluator,
@@ -98,12 +155,19 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     except KeyboardInterrupt:
         interrupted = True
     save_file = save_atomically(model, settings.save_file)
-    final = (evaluator.history[-1] if evaluator.history and
-             evaluator.history[-1]["timesteps"] == model.num_timesteps else None)
-    if final is None:
-        final = evaluate(model, eval_env, cfg.eval_episodes, data.ref_scores)
-        final["timesteps"] = int(model.num_timesteps)
+    if not evaluator.history or evaluator.history[-1]["timesteps"] != model.num_timesteps:
+        evaluator.run_eval()  # the final model is a candidate too
     eval_env.close()
     model.env.close()
-    return HybridResult(save_file, int(model.num_timesteps), interrupted, final,
-                        evaluator.history, dict(model.warmup_stats))
+    return HybridResult(save_file, keeper.path, int(model.num_timesteps), interrupted,
+                        evaluator.history[-1], keeper.best, evaluator.history,
+                        dict(model.warmup_stats))
+
+
+def test_evaluation(model_file: Path, cfg, seed: int, device: str, ref_scores) -> dict:
+    """`cfg.test_episodes` deterministic episodes on seeds no selection has seen."""
+    from stable_baselines3 import PPO
+
+    model = PPO.load(model_file, device=device)
+    return evaluate(model, cfg.env_id, cfg.env_kwargs, cfg.test_episodes,
+                    seed + TEST_SEED_OFFSET, ref_scores, float32_obs=device == "mps")

@@ -254,7 +254,7 @@ def _load_d4rl(path: Path, where: str, max_episode_steps: int | None) -> tuple[O
 # --------------------------------------------------------------------------- resolution
 
 def _resolve_one(dataset: str, env: str, name: str, max_episode_steps: int | None,
-                 generate: bool) -> tuple[OfflineData, dict]:
+                 generate: bool, progress: bool = True) -> tuple[OfflineData, dict]:
     dataset_id = f"{dataset}/{env}/{name}"
     minari_path = minari_root() / dataset_id
     if (minari_path / "data").exists():
@@ -263,7 +263,7 @@ def _resolve_one(dataset: str, env: str, name: str, max_episode_steps: int | Non
     if d4rl_path.exists():
         return _load_d4rl(d4rl_path, dataset_id, max_episode_steps)
     if generate and (dataset, env, name) in BUNDLED:
-        generate_bundled(dataset, env, name)
+        generate_bundled(dataset, env, name, progress=progress)
         data, info = _load_minari(dataset_id, minari_path)
         info["source"] = "generated"
         return data, info
@@ -314,11 +314,11 @@ def _check_env_fit(data: OfflineData, infos: list[dict], env_id: str, env_kwargs
 def load_offline_data(dataset: str, env: str, names: list[str], env_id: str,
                       env_kwargs: dict | None = None,
                       candidates: dict[str, tuple[str, dict]] | None = None,
-                      generate: bool = True) -> OfflineData:
+                      generate: bool = True, progress: bool = True) -> OfflineData:
     """All `names` resolved, concatenated with episode boundaries kept, checked against env_id."""
     env_kwargs = env_kwargs or {}
     max_steps = gym.spec(env_id).max_episode_steps if env_id in gym.registry else None
-    parts = [_resolve_one(dataset, env, name, max_steps, generate) for name in names]
+    parts = [_resolve_one(dataset, env, name, max_steps, generate, progress) for name in names]
     shapes = {(d.observations.shape[1:], d.actions.shape[1:]) for d, _ in parts}
     if len(shapes) > 1:
         raise PipelineError(f"Datasets {', '.join(names)} have different obs/action shapes: {shapes}")

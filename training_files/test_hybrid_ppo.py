@@ -35,7 +35,9 @@ from stable_baselines3.common.save_util import load_from_zip_file  # noqa: E402
 from stable_baselines3.common.utils import explained_variance  # noqa: E402
 
 from hparams import PolicyConfig, load_hparams  # noqa: E402
-from hybrid_ppo import HybridPPO, discounted_returns, ood_weights  # noqa: E402
+from critic_warmup import discounted_returns  # noqa: E402
+from hybrid_ppo import HybridPPO  # noqa: E402
+from offline_batch import ood_weights  # noqa: E402
 from normalized_policy import obs_normalizer, policy_kwargs  # noqa: E402
 from offline_data import OfflineData, load_offline_data  # noqa: E402
 from testing_utils import (IsolatedTestCase, save_tiny_policy, write_hparam_file,  # noqa: E402
@@ -163,7 +165,7 @@ class PlainPPOEquivalenceTest(IsolatedTestCase):
         model = self._learn(HybridPPO, offline_data=stochastic_data(), mix_ratio=0.0,
                             bc_coeff=0.0, warm_start_steps=0, **kwargs)
         self.assertIsNotNone(model.offline_data)  # the offline path is configured, only unused
-        self.assertIn("mu_log_prob", model._offline)
+        self.assertIsNotNone(model.offline.mu_log_prob)
         return model
 
     def test_train_is_an_override_not_a_call_to_ppo_train(self):
@@ -224,13 +226,13 @@ class OfflineMixingTest(IsolatedTestCase):
 
     def test_sample_counts(self):
         data = stochastic_data()
-        for mix, expected in ((0.5, 128), (0.25, 43), (0.75, 384), (1.0, 128)):
+        for mix, expected in ((0.5, (128, 128)), (0.25, (128, 43)), (0.75, (64, 192)),
+                              (1.0, (0, 256)), (0.0, (128, 0))):
             model = make_hybrid(n_steps=128, offline_data=data, mix_ratio=mix, segment_length=16)
-            self.assertEqual(model._n_offline(), expected, mix)
+            self.assertEqual(model._sample_counts(), expected, mix)
         model = make_hybrid(env=make_vec_env(ENV_ID, n_envs=2), n_steps=128, offline_data=data,
                             mix_ratio=1.0)
-        self.assertEqual(model._n_offline(), 256)  # n_steps * n_envs
-        self.assertEqual(make_hybrid(n_steps=128, offline_data=data, mix_ratio=0.0)._n_offline(), 0)
+        self.assertEqual(model._sample_counts(), (0, 512))  # 2 * n_steps * n_envs
 
         # Rounded to whole segments: 43 -> round(43/16) = 3 segments of 16.
         model = make_hybrid(n_steps=128, offline_data=data, mix_ratio=0.25, segment_length=16)
@@ -239,6 +241,20 @@ class OfflineMixingTest(IsolatedTestCase):
         self.assertEqual(stats["offline/samples"], 48)
         for field in batch:
             self.assertEqual(len(field), 48)
+
+    def test_sample_counts_bounded_and_continuous_in_mix_ratio(self):
+        """0.99 once put ~99x PPO's samples into an update; now never more than 2x, no jumps."""
+        model = make_hybrid(n_steps=128, offline_data=stochastic_data(), segment_length=16)
+        counts = []
+        for mix in np.linspace(0.0, 1.0, 201):
+            model.mix_ratio = float(mix)
+            online, offline = model._sample_counts()
+            self.assertLessEqual(online + offline, 256, mix)
+            if mix > 0:
+                self.assertAlmostEqual(offline / (online + offline), mix, delta=0.01)
+            counts.append(offline)
+        self.assertTrue(all(b >= a for a, b in zip(counts, counts[1:])))  # monotone
+        self.assertLessEqual(max(b - a for a, b in zip(counts, counts[1:])), 3)  # no jump
 
     def _mix_model_after_train(self, mix: float, fill) -> HybridPPO:
         model = make_hybrid(offline_data=stochastic_data(), mix_ratio=mix, segment_length=16,
@@ -362,7 +378,7 @@ class SegmentVTraceTest(IsolatedTestCase):
     def test_episode_after_a_cut_does_not_leak_into_targets(self):
         """Changing the next episode's rewards leaves targets up to the boundary untouched."""
         model, data, length = self.model, self.data, 32
-        model._offline_rng = np.random.default_rng(3)
+        model.offline.rng = np.random.default_rng(3)
         batch, _ = model._offline_batch()
         idx = self._segment_indices(batch, length)
         ends = np.flatnonzero(data.episode_ends)
@@ -375,7 +391,7 @@ class SegmentVTraceTest(IsolatedTestCase):
         rewards[boundary + 1:next_end + 1] += 100.0
         changed = with_fields(data, rewards=rewards)
         model.set_offline_data(changed)
-        model._offline_rng = np.random.default_rng(3)
+        model.offline.rng = np.random.default_rng(3)
         batch2, _ = model._offline_batch()
         vs1, vs2 = batch.returns.reshape(length, -1), batch2.returns.reshape(length, -1)
         torch.testing.assert_close(vs2[:t + 1, b], vs1[:t + 1, b], rtol=0, atol=1e-6)
@@ -548,7 +564,7 @@ class PolicyStateTest(IsolatedTestCase):
         self.assertIsNone(as_hybrid.offline_data)
 
         saved_data, _, _ = load_from_zip_file(path, device="cpu")
-        for key in ("offline_data", "behaviour_policy", "_offline", "_offline_rng"):
+        for key in ("offline_data", "behaviour_policy", "offline"):
             self.assertNotIn(key, saved_data)
         self.assertEqual(saved_data["mix_ratio"], 0.5)
         dataset_bytes = big.observations.nbytes + big.next_observations.nbytes
@@ -591,7 +607,7 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
         for k in bc_state:
             self.assertTrue(torch.equal(bc_state[k], mu_state[k]), k)
         self.assertTrue(torch.equal(start.policy.log_std, bc_state["log_std"] - subtract))
-        torch.testing.assert_close(start._offline["mu_log_prob"],
+        torch.testing.assert_close(start.offline.mu_log_prob,
                                    policy_log_probs(bc_model.policy, data))
         for k, v in start.policy.state_dict().items():
             if k != "log_std":

@@ -134,8 +134,8 @@ def write_hparam_file(path: Path, bc: dict | None = None, hybrid: dict | None = 
     """hparam.yml's walker2d entries shrunk to test size, with optional overrides."""
     data = yaml.safe_load((REPO_ROOT / "hparam.yml").read_text())
     bc_entry = {**data["Walker2d-v4-bc-large"], "eval_episodes": 1, **(bc or {})}
-    hybrid_entry = {**data["Walker2d-v4-hybrid"], "n_steps": 128, "batch_size": 64, "n_epochs": 2,
-                    "total_timesteps": 256, "eval_freq": 128, "eval_episodes": 1,
+    hybrid_entry = {**data["Walker2d-v4-hybrid"], "n_envs": 1, "n_steps": 128, "batch_size": 64, "n_epochs": 2,
+                    "total_timesteps": 256, "eval_freq": 128, "eval_episodes": 1, "test_episodes": 2,
                     "segment_length": 16, **(hybrid or {})}
     small = {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "activation": "tanh"}
     bc_entry["policy"] = hybrid_entry["policy"] = small

@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument("--bc_checkpoint_dir", type=Path, default=Path("bc_checkpoints"),
                        help="Root of BC checkpoints: <dir>/<dataset>/<env>/ (default: %(default)s)")
     extra.add_argument("--log_file", type=Path, default=DEFAULT_LOG, help="Append-only run log (default: %(default)s)")
+    extra.add_argument("--n_envs", type=positive_int, default=None,
+                       help="Envs stepped together in the rollouts (default: the hparam entry's "
+                            "n_envs); n_steps stays per env, as in SB3")
+    extra.add_argument("--vec_env", choices=["dummy", "subproc"], default=None,
+                       help="dummy: envs step in this process; subproc: one process per env "
+                            "(default: the hparam entry's vec_env)")
     extra.add_argument("--torch_threads", type=positive_int, default=1,
                        help="torch intra-op threads on CPU (default: %(default)s; the 256x256 "
                             "MLPs gain nothing from more, and lose a lot when cores are shared)")
@@ -187,7 +193,8 @@ def run_pipeline(args, entry: dict) -> dict:
     from hparams import DEFAULT_HPARAM_FILE, load_hparams
 
     bc_cfg, hybrid_cfg = load_hparams(args.hparam_bc, args.hparam_hybrid,
-                                      args.hparam_file or DEFAULT_HPARAM_FILE)
+                                      args.hparam_file or DEFAULT_HPARAM_FILE,
+                                      n_envs=args.n_envs, vec_env=args.vec_env)
     entry["config"] = {"bc": bc_cfg.model_dump(), "hybrid": hybrid_cfg.model_dump()}
     device = resolve_device(args.device)
     entry["device"] = device
@@ -200,15 +207,15 @@ def run_pipeline(args, entry: dict) -> dict:
 
     import bc
     import checkpoints
-    from evaluation import evaluate, make_eval_env
+    from evaluation import TEST_SEED_OFFSET, evaluate
     from hparams import env_entries
-    from hybrid_training import HybridSettings, train_hybrid
+    from hybrid_training import HybridSettings, test_evaluation, train_hybrid
     from offline_data import load_offline_data
 
     set_random_seed(args.seed)
     candidates = env_entries(args.hparam_file or DEFAULT_HPARAM_FILE)
     data = load_offline_data(args.dataset, args.env, args.names, hybrid_cfg.env_id,
-                             hybrid_cfg.env_kwargs, candidates)
+                             hybrid_cfg.env_kwargs, candidates, progress=not args.no_progress)
     entry["dataset"] = {"sources": data.provenance, "transitions": len(data),
                         "episodes": len(data.episode_starts),
                         "mean_episode_return": float(data.episode_returns.mean()),
@@ -227,7 +234,7 @@ def run_pipeline(args, entry: dict) -> dict:
             print(f"Earlier BC checkpoints of {name} moved to {moved}")
         settings = bc.BCSettings(args.num_bc_epochs, args.bc_batch_size, args.log_interval,
                                  args.save_every_epochs, args.seed, device)
-        bc.train_bc(data, bc_cfg, settings, ckpt_dir, name)
+        bc.train_bc(data, bc_cfg, settings, ckpt_dir, name, progress=not args.no_progress)
         entry["bc_trained"] = True
     else:
         entry["bc_trained"] = False
@@ -241,14 +248,12 @@ def run_pipeline(args, entry: dict) -> dict:
     if bc_cfg.eval_episodes > 0:
         from stable_baselines3 import PPO
 
-        bc_model = PPO.load(best.path, device=device)
-        bc_eval = evaluate(bc_model, make_eval_env(bc_cfg.env_id, bc_cfg.env_kwargs, args.seed + 20_000,
-                                                   float32_obs=device == "mps"),
-                           bc_cfg.eval_episodes, data.ref_scores)
+        # On the test seeds: with as many episodes as the final test, this is BC's test score.
+        bc_eval = evaluate(PPO.load(best.path, device=device), bc_cfg.env_id, bc_cfg.env_kwargs,
+                           bc_cfg.eval_episodes, args.seed + TEST_SEED_OFFSET, data.ref_scores,
+                           float32_obs=device == "mps")
         entry["bc"]["eval"] = bc_eval
-        print(f"BC policy: mean return {bc_eval['mean_reward']:.1f} +- {bc_eval['std_reward']:.1f}"
-              + (f", normalised {bc_eval['normalized_score']:.1f}" if bc_eval["normalized_score"]
-                 is not None else "") + f" over {bc_eval['episodes']} episodes")
+        print(f"BC policy: {_describe(bc_eval)}")
 
     # 4. hybrid PPO
     save_file = Path(entry["save_file"])
@@ -269,9 +274,7 @@ def run_pipeline(args, entry: dict) -> dict:
           f"TensorBoard: {tb_dir}")
 
     def report(ev):
-        norm = ev["normalized_score"]
-        print(f"  eval @ {ev['timesteps']} steps: return {ev['mean_reward']:.1f}"
-              + (f" (normalised {norm:.1f})" if norm is not None else ""), flush=True)
+        print(f"  eval @ {ev['timesteps']} steps: {_describe(ev)}", flush=True)
 
     try:
         result = train_hybrid(data, best.path, hybrid_cfg, settings,
@@ -279,13 +282,41 @@ def run_pipeline(args, entry: dict) -> dict:
     finally:
         if run is not None:
             run.finish()
-    entry.update(hybrid_save_file=str(result.save_file), hybrid_timesteps=result.timesteps,
-                 final_eval=result.final_eval, warmup=result.warmup,
-                 evaluations=result.evaluations)
-    print(f"Saved hybrid PPO model to {result.save_file} after {result.timesteps} steps")
+    entry.update(hybrid_save_file=str(result.save_file), hybrid_best_file=str(result.best_file),
+                 hybrid_timesteps=result.timesteps, final_eval=result.final_eval,
+                 best_eval=result.best_eval, warmup=result.warmup, evaluations=result.evaluations)
+    print(f"Saved hybrid PPO model to {result.save_file} after {result.timesteps} steps; "
+          f"best by periodic evaluation ({result.best_source}, step {result.best_eval['timesteps']}): "
+          f"{result.best_file}")
     if result.interrupted:
         raise KeyboardInterrupt
+
+    # 5. one test evaluation, on seeds the choice never saw, of the chosen, final and BC models
+    test = lambda path: test_evaluation(path, hybrid_cfg, args.seed, device, data.ref_scores)  # noqa: E731
+    entry["final_test_eval"] = final_test = test(result.save_file)
+    bc_eval = entry["bc"].get("eval")
+    entry["bc"]["test_eval"] = (bc_eval if bc_eval and bc_eval["episodes"] == hybrid_cfg.test_episodes
+                                else test(best.path))
+    chosen_test = final_test if result.best_source == "final" else test(result.best_file)
+    chosen = result.save_file if result.best_source == "final" else result.best_file
+    entry["result"] = {"model": str(chosen), "source": result.best_source, "test_eval": chosen_test}
     return entry
+
+
+def _describe(ev: dict) -> str:
+    norm = ev["normalized_score"]
+    return (f"return {ev['mean_reward']:.1f} +- {ev['std_reward']:.1f}"
+            + (f" (normalised {norm:.1f})" if norm is not None else "")
+            + f" over {ev['episodes']} episodes")
+
+
+def print_result(entry: dict) -> None:
+    """The last lines of a run: which model to use, and the test scores behind the choice."""
+    result = entry["result"]
+    print(f"Test evaluation ({result['test_eval']['episodes']} episodes, seeds never used for "
+          f"the choice): BC {_describe(entry['bc']['test_eval'])}; final model "
+          f"{_describe(entry['final_test_eval'])}")
+    print(f"Use this model: {result['model']} ({result['source']}): {_describe(result['test_eval'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         _log(args, entry, started)
         raise
     _log(args, entry, started)
+    if entry.get("result"):
+        print_result(entry)
     return code
 
 

@@ -1,0 +1,151 @@
+"""Fine-tuning benchmark: the pipeline itself, run per (dataset, variant, seed), resumable.
+
+Every run is the real command (`train_hybrid_pipeline.py`, as a user types it) with its own
+BC checkpoint directory per seed (BC trained once per seed and dataset, reused by that seed's
+variants with --skip_bc), 200k online steps, 10-episode periodic evaluations on fixed seeds and
+the 20-episode test evaluation on other seeds. What a run logged is copied as one JSON line
+into benchmarks/results/finetune.jsonl when it finishes; a rerun skips finished runs.
+`--worker i/n` splits the pending runs by (dataset, seed), so two workers never share a BC
+directory. `analyze_finetune.py` turns the lines into tables and plots (rliable).
+
+Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing,
+except `hybrid-previous`, which switches all of this round's mechanisms off):
+  bc_ppo                  --mix_ratio 0: PPO started from BC (same warm-ups and schedule)
+  hybrid                  QUICKSTART defaults
+  hybrid-no_critic_only   critic_only_updates 0
+  hybrid-constant_lr      lr_schedule constant
+  hybrid-mean_centering   offline_advantage_centering mean (SB3's rule per source)
+  hybrid-bc_coeff_0.05    --bc_coeff 0.05 (10x the default)
+  hybrid-previous         all three off: the method as it stood before this benchmark
+
+  python benchmarks/finetune.py --datasets medium-v0 --seeds 0 1 2 3 4 \\
+      --variants hybrid bc_ppo --worker 0/2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "finetune.jsonl"
+RUNS = REPO / "benchmarks" / "runs" / "finetune"
+ENTRY = REPO / "training_files" / "train_hybrid_pipeline.py"
+HYBRID_KEY, BC_KEY = "Walker2d-v4-hybrid", "Walker2d-v4-bc-large"
+
+VARIANTS: dict[str, dict] = {
+    "bc_ppo": {"flags": ["--mix_ratio", "0"]},
+    "hybrid": {},
+    "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0}},
+    "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant"}},
+    "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean"}},
+    "hybrid-bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
+    "hybrid-previous": {"hparams": {"critic_only_updates": 0, "lr_schedule": "constant",
+                                    "offline_advantage_centering": "mean"}},
+}
+
+
+def finished(path: Path = RESULTS) -> set[tuple]:
+    if not path.exists():
+        return set()
+    done = set()
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash: that run simply reruns
+        done.add((r["dataset"], r["variant"], r["seed"], r["timesteps"]))
+    return done
+
+
+def hparam_file(variant: str) -> Path | None:
+    """hparam.yml with the variant's changes to the hybrid entry (None: the file as it is)."""
+    changes = VARIANTS[variant].get("hparams")
+    if not changes:
+        return None
+    data = yaml.safe_load((REPO / "hparam.yml").read_text())
+    data = {BC_KEY: data[BC_KEY], HYBRID_KEY: {**data[HYBRID_KEY], **changes}}
+    path = RUNS / "hparams" / f"{variant}.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_one(dataset: str, variant: str, seed: int, timesteps: int) -> dict:
+    tag = f"{dataset}_{variant}_seed{seed}"
+    save_file = RUNS / "models" / f"{tag}.zip"
+    log_file = RUNS / "logs" / f"{tag}.json"
+    log_file.unlink(missing_ok=True)
+    cmd = [sys.executable, str(ENTRY), "--dataset", "mujoco", "--env", "walker2d",
+           "--names", dataset, "--hparam_bc", BC_KEY, "--hparam_hybrid", HYBRID_KEY,
+           "--seed", str(seed), "--skip_bc", "--total_timesteps", str(timesteps),
+           "--bc_checkpoint_dir", str(RUNS / "bc" / f"seed{seed}"),
+           "--save_file", str(save_file), "--log_file", str(log_file),
+           "--no_progress", "--torch_threads", "1", "--device", "cpu",
+           *VARIANTS[variant].get("flags", [])]
+    hparams = hparam_file(variant)
+    if hparams is not None:
+        cmd += ["--hparam_file", str(hparams)]
+    started = time.time()
+    out_file = RUNS / "stdout" / f"{tag}.txt"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_file, "w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    if code != 0:
+        raise RuntimeError(f"{tag} exited {code}; see {out_file}")
+    (entry,) = json.loads(log_file.read_text())
+    return {"dataset": dataset, "variant": variant, "seed": seed, "timesteps": timesteps,
+            "command": cmd[1:], "wall_time_s": round(time.time() - started, 1),
+            "bc": entry["bc"], "warmup": entry["warmup"], "curve": entry["evaluations"],
+            "best_eval": entry["best_eval"], "final_test_eval": entry["final_test_eval"],
+            "result": entry["result"], "config": entry["config"]["hybrid"],
+            "dataset_info": entry["dataset"]}
+
+
+def append_result(record: dict, path: Path = RESULTS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["medium-v0"])
+    p.add_argument("--variants", nargs="+", default=["hybrid", "bc_ppo"], choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--timesteps", type=int, default=200_000)
+    p.add_argument("--worker", default="0/1", help="i/n: this worker's share of the pending runs")
+    args = p.parse_args()
+    index, count = (int(x) for x in args.worker.split("/"))
+    done = finished()
+    pending = [(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants
+               if (d, v, s, args.timesteps) not in done]
+    groups = sorted({(d, s) for d, _, s in pending}, key=lambda g: (args.datasets.index(g[0]), g[1]))
+    mine_groups = set(groups[index::count])
+    mine = [run for run in pending if (run[0], run[2]) in mine_groups]
+    print(f"{len(pending)} runs pending, this worker takes {len(mine)}", flush=True)
+    for dataset, variant, seed in mine:
+        print(f"-> {dataset} {variant} seed {seed}", flush=True)
+        try:
+            record = run_one(dataset, variant, seed, args.timesteps)
+        except RuntimeError as exc:  # one failed run must not stop the others
+            print(f"   FAILED: {exc}", flush=True)
+            continue
+        append_result(record)
+        res = record["result"]
+        print(f"   done in {record['wall_time_s']} s: {res['source']} model, test "
+              f"{res['test_eval']['normalized_score']:.1f} (BC {record['bc']['test_eval']['normalized_score']:.1f})",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
