@@ -65,36 +65,36 @@ def finished(path: Path = RESULTS) -> set[tuple]:
     return done
 
 
-def hparam_file(variant: str) -> Path | None:
+def hparam_file(variant: str, runs: Path) -> Path | None:
     """hparam.yml with the variant's changes to the hybrid entry (None: the file as it is)."""
     changes = VARIANTS[variant].get("hparams")
     if not changes:
         return None
     data = yaml.safe_load((REPO / "hparam.yml").read_text())
     data = {BC_KEY: data[BC_KEY], HYBRID_KEY: {**data[HYBRID_KEY], **changes}}
-    path = RUNS / "hparams" / f"{variant}.yml"
+    path = runs / "hparams" / f"{variant}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def run_one(dataset: str, variant: str, seed: int, timesteps: int) -> dict:
+def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS) -> dict:
     tag = f"{dataset}_{variant}_seed{seed}"
-    save_file = RUNS / "models" / f"{tag}.zip"
-    log_file = RUNS / "logs" / f"{tag}.json"
+    save_file = runs / "models" / f"{tag}.zip"
+    log_file = runs / "logs" / f"{tag}.json"
     log_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(ENTRY), "--dataset", "mujoco", "--env", "walker2d",
            "--names", dataset, "--hparam_bc", BC_KEY, "--hparam_hybrid", HYBRID_KEY,
            "--seed", str(seed), "--skip_bc", "--total_timesteps", str(timesteps),
-           "--bc_checkpoint_dir", str(RUNS / "bc" / f"seed{seed}"),
+           "--bc_checkpoint_dir", str(runs / "bc" / f"seed{seed}"),
            "--save_file", str(save_file), "--log_file", str(log_file),
            "--no_progress", "--torch_threads", "1", "--device", "cpu",
            *VARIANTS[variant].get("flags", [])]
-    hparams = hparam_file(variant)
+    hparams = hparam_file(variant, runs)
     if hparams is not None:
         cmd += ["--hparam_file", str(hparams)]
     started = time.time()
-    out_file = RUNS / "stdout" / f"{tag}.txt"
+    out_file = runs / "stdout" / f"{tag}.txt"
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with open(out_file, "w") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO).returncode
@@ -123,10 +123,12 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["hybrid", "bc_ppo"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--timesteps", type=int, default=200_000)
+    p.add_argument("--results", type=Path, default=RESULTS, help="JSON-lines results file")
+    p.add_argument("--runs_dir", type=Path, default=RUNS, help="models, BC checkpoints, logs")
     p.add_argument("--worker", default="0/1", help="i/n: this worker's share of the pending runs")
     args = p.parse_args()
     index, count = (int(x) for x in args.worker.split("/"))
-    done = finished()
+    done = finished(args.results)
     pending = [(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants
                if (d, v, s, args.timesteps) not in done]
     groups = sorted({(d, s) for d, _, s in pending}, key=lambda g: (args.datasets.index(g[0]), g[1]))
@@ -136,11 +138,11 @@ def main() -> None:
     for dataset, variant, seed in mine:
         print(f"-> {dataset} {variant} seed {seed}", flush=True)
         try:
-            record = run_one(dataset, variant, seed, args.timesteps)
+            record = run_one(dataset, variant, seed, args.timesteps, args.runs_dir.resolve())
         except RuntimeError as exc:  # one failed run must not stop the others
             print(f"   FAILED: {exc}", flush=True)
             continue
-        append_result(record)
+        append_result(record, args.results)
         res = record["result"]
         print(f"   done in {record['wall_time_s']} s: {res['source']} model, test "
               f"{res['test_eval']['normalized_score']:.1f} (BC {record['bc']['test_eval']['normalized_score']:.1f})",

@@ -11,6 +11,7 @@ on (Agarwal et al. 2021; rl-zoo3's EvalCallback selects and reports on the same 
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -82,6 +83,7 @@ class PeriodicEval(BaseCallback):
         self.env, self.eval_freq, self.ref_scores = env, eval_freq, ref_scores
         self.csv_path, self.on_eval = csv_path, on_eval
         self.history: list[dict] = []
+        self.seconds = 0.0  # wall time spent evaluating
         self._next = eval_freq
         self.eval_at_start = eval_at_start
 
@@ -91,7 +93,9 @@ class PeriodicEval(BaseCallback):
             self.run_eval()
 
     def run_eval(self) -> dict:
+        started = time.perf_counter()
         result = self.env.evaluate(self.model, self.ref_scores)
+        self.seconds += time.perf_counter() - started
         result["timesteps"] = int(self.model.num_timesteps)
         self.history.append(result)
         self.logger.record("eval/mean_reward", result["mean_reward"])

@@ -15,6 +15,7 @@ every mechanism switched off (mix_ratio 0, bc_coeff 0, no warm-up, no critic-onl
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import numpy as np
@@ -127,8 +128,10 @@ class HybridPPO(PPO):
 
     def warm_up_value_function(self, grad_steps: int) -> dict:
         """Fit V to the dataset's returns with the actor frozen (see critic_warmup.py)."""
+        started = time.perf_counter()
         stats = warm_up_critic(self.policy, self.offline, grad_steps, self.warmup_learning_rate,
                                self.warmup_batch_size, self.gamma, int(self.seed or 0))
+        stats["warmup/seconds"] = time.perf_counter() - started
         self.warmed_up = True
         self.warmup_stats = stats
         for key, value in stats.items():

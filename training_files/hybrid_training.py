@@ -10,9 +10,11 @@ seeds were never used for the choice.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import LinearSchedule, set_random_seed
@@ -56,6 +58,7 @@ class HybridResult:
     best_eval: dict
     evaluations: list[dict] = field(default_factory=list)
     warmup: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)  # wall time per stage
 
     @property
     def best_source(self) -> str:
@@ -137,6 +140,35 @@ class BestModelKeeper:
             self.report(result)
 
 
+class StageTimes(BaseCallback):
+    """Wall seconds of rollouts (periodic evaluations excluded), updates and evaluations."""
+
+    def __init__(self, evaluator: PeriodicEval):
+        super().__init__()
+        self.evaluator = evaluator
+        self.seconds = {"rollouts": 0.0, "updates": 0.0}
+        self._mark = None
+        self._eval_at_mark = 0.0
+
+    def _on_rollout_start(self) -> None:
+        now = time.perf_counter()
+        if self._mark is not None:
+            self.seconds["updates"] += now - self._mark
+        self._mark, self._eval_at_mark = now, self.evaluator.seconds
+
+    def _on_rollout_end(self) -> None:
+        now = time.perf_counter()
+        self.seconds["rollouts"] += now - self._mark - (self.evaluator.seconds - self._eval_at_mark)
+        self._mark = now
+
+    def _on_training_end(self) -> None:
+        if self._mark is not None:
+            self.seconds["updates"] += time.perf_counter() - self._mark
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
                  progress: bool = True, on_eval=None) -> HybridResult:
     """Train for settings.total_timesteps; Ctrl-C stops cleanly and still saves."""
@@ -148,10 +180,11 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     keeper = BestModelKeeper(best_file_for(with_zip_suffix(settings.save_file)), on_eval)
     evaluator = PeriodicEval(eval_env, cfg.eval_freq, data.ref_scores,
                              csv_path=settings.tb_dir / "eval.csv", on_eval=keeper)
+    stage_times = StageTimes(evaluator)
     interrupted = False
     try:
-        model.learn(total_timesteps=settings.total_timesteps, callback=evaluator,
-                    progress_bar=progress)
+        model.learn(total_timesteps=settings.total_timesteps,
+                    callback=CallbackList([evaluator, stage_times]), progress_bar=progress)
     except KeyboardInterrupt:
         interrupted = True
     save_file = save_atomically(model, settings.save_file)
@@ -159,9 +192,11 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         evaluator.run_eval()  # the final model is a candidate too
     eval_env.close()
     model.env.close()
+    seconds = {**stage_times.seconds, "periodic_evaluation": evaluator.seconds,
+               "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0)}
     return HybridResult(save_file, keeper.path, int(model.num_timesteps), interrupted,
                         evaluator.history[-1], keeper.best, evaluator.history,
-                        dict(model.warmup_stats))
+                        dict(model.warmup_stats), {k: round(v, 2) for k, v in seconds.items()})
 
 
 def test_evaluation(model_file: Path, cfg, seed: int, device: str, ref_scores) -> dict:

@@ -16,7 +16,7 @@ from testing_utils import REPO_ROOT, IsolatedTestCase
 from train_hybrid_pipeline import build_parser
 
 UNIT_MODULES = ["test_cli_and_hparams", "test_offline_data", "test_bc_checkpoints",
-                "test_run_log", "test_vtrace", "test_hybrid_ppo"]
+                "test_run_log", "test_vtrace", "test_hybrid_ppo", "test_finetuning"]
 QUICKSTART = REPO_ROOT / "docs" / "QUICKSTART.txt"
 
 

@@ -213,9 +213,12 @@ def run_pipeline(args, entry: dict) -> dict:
     from offline_data import load_offline_data
 
     set_random_seed(args.seed)
+    seconds = entry["seconds"] = {}  # wall time per stage
+    clock = time.perf_counter()
     candidates = env_entries(args.hparam_file or DEFAULT_HPARAM_FILE)
     data = load_offline_data(args.dataset, args.env, args.names, hybrid_cfg.env_id,
                              hybrid_cfg.env_kwargs, candidates, progress=not args.no_progress)
+    seconds["dataset"] = round(time.perf_counter() - clock, 2)
     entry["dataset"] = {"sources": data.provenance, "transitions": len(data),
                         "episodes": len(data.episode_starts),
                         "mean_episode_return": float(data.episode_returns.mean()),
@@ -234,7 +237,9 @@ def run_pipeline(args, entry: dict) -> dict:
             print(f"Earlier BC checkpoints of {name} moved to {moved}")
         settings = bc.BCSettings(args.num_bc_epochs, args.bc_batch_size, args.log_interval,
                                  args.save_every_epochs, args.seed, device)
+        clock = time.perf_counter()
         bc.train_bc(data, bc_cfg, settings, ckpt_dir, name, progress=not args.no_progress)
+        seconds["bc_training"] = round(time.perf_counter() - clock, 2)
         entry["bc_trained"] = True
     else:
         entry["bc_trained"] = False
@@ -249,10 +254,12 @@ def run_pipeline(args, entry: dict) -> dict:
         from stable_baselines3 import PPO
 
         # On the test seeds: with as many episodes as the final test, this is BC's test score.
+        clock = time.perf_counter()
         bc_eval = evaluate(PPO.load(best.path, device=device), bc_cfg.env_id, bc_cfg.env_kwargs,
                            bc_cfg.eval_episodes, args.seed + TEST_SEED_OFFSET, data.ref_scores,
                            float32_obs=device == "mps")
         entry["bc"]["eval"] = bc_eval
+        seconds["bc_evaluation"] = round(time.perf_counter() - clock, 2)
         print(f"BC policy: {_describe(bc_eval)}")
 
     # 4. hybrid PPO
@@ -285,6 +292,7 @@ def run_pipeline(args, entry: dict) -> dict:
     entry.update(hybrid_save_file=str(result.save_file), hybrid_best_file=str(result.best_file),
                  hybrid_timesteps=result.timesteps, final_eval=result.final_eval,
                  best_eval=result.best_eval, warmup=result.warmup, evaluations=result.evaluations)
+    seconds.update(result.seconds)
     print(f"Saved hybrid PPO model to {result.save_file} after {result.timesteps} steps; "
           f"best by periodic evaluation ({result.best_source}, step {result.best_eval['timesteps']}): "
           f"{result.best_file}")
@@ -292,6 +300,7 @@ def run_pipeline(args, entry: dict) -> dict:
         raise KeyboardInterrupt
 
     # 5. one test evaluation, on seeds the choice never saw, of the chosen, final and BC models
+    clock = time.perf_counter()
     test = lambda path: test_evaluation(path, hybrid_cfg, args.seed, device, data.ref_scores)  # noqa: E731
     entry["final_test_eval"] = final_test = test(result.save_file)
     bc_eval = entry["bc"].get("eval")
@@ -300,6 +309,7 @@ def run_pipeline(args, entry: dict) -> dict:
     chosen_test = final_test if result.best_source == "final" else test(result.best_file)
     chosen = result.save_file if result.best_source == "final" else result.best_file
     entry["result"] = {"model": str(chosen), "source": result.best_source, "test_eval": chosen_test}
+    seconds["test_evaluation"] = round(time.perf_counter() - clock, 2)
     return entry
 
 

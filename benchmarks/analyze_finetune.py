@@ -1,0 +1,160 @@
+"""Tables and plots of benchmarks/results/finetune.jsonl, aggregated with rliable.
+
+Per dataset and variant, over seeds (Agarwal et al. 2021): IQM with 95% stratified-bootstrap
+CIs of the last-3-evaluation mean (normalised score), of the test score of the model each run
+hands over, and the probability that a variant beats `bc_ppo` (and `hybrid` beats each
+ablation). A seed's "BC score" is its evaluation at step 0 (the BC actor, same episode seeds as
+every later evaluation). Dip figures are each seed's worst evaluation relative to that score.
+
+  python benchmarks/analyze_finetune.py   # -> finetune_summary.md/.json, finetune_*.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+from rliable import library as rly  # noqa: E402
+from rliable import metrics  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPS = 20_000
+EARLY_STEPS = 50_000
+
+
+def load(path: Path) -> dict[str, dict[str, list[dict]]]:
+    """dataset -> variant -> runs (the last record of each seed wins)."""
+    runs: dict = defaultdict(lambda: defaultdict(dict))
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        runs[r["dataset"]][r["variant"]][r["seed"]] = r
+    return {d: {v: [by_seed[s] for s in sorted(by_seed)] for v, by_seed in vs.items()}
+            for d, vs in runs.items()}
+
+
+def per_run(r: dict) -> dict:
+    curve = r["curve"]
+    scores = np.array([e["normalized_score"] for e in curve])
+    steps = np.array([e["timesteps"] for e in curve])
+    bc = scores[0]
+    early = scores[(steps > 0) & (steps <= EARLY_STEPS)]
+    return {"seed": r["seed"], "bc_score": bc, "last3": float(scores[-3:].mean()),
+            "final": float(scores[-1]), "best": float(scores.max()),
+            "worst_early_pct": float(100 * early.min() / bc) if len(early) else float("nan"),
+            "worst_pct": float(100 * scores[1:].min() / bc) if len(scores) > 1 else float("nan"),
+            "bc_test": r["bc"]["test_eval"]["normalized_score"],
+            "final_test": r["final_test_eval"]["normalized_score"],
+            "result_test": r["result"]["test_eval"]["normalized_score"],
+            "result_source": r["result"]["source"],
+            "warmup_ev": r["warmup"].get("warmup/explained_variance"),
+            "warmup_rmse_frac": r["warmup"].get("warmup/rmse_fraction_of_mean"),
+            "wall_min": r["wall_time_s"] / 60}
+
+
+def iqm_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    point, interval = rly.get_interval_estimates(
+        {"x": values.reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]),
+        reps=REPS, random_state=np.random.RandomState(seed))
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def prob_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """P(X > Y) over runs (ties count half), with a stratified-bootstrap 95% CI."""
+    point, interval = rly.get_interval_estimates(
+        {"p": (x.reshape(-1, 1), y.reshape(-1, 1))}, metrics.probability_of_improvement,
+        reps=REPS, random_state=np.random.RandomState(seed))
+    return float(point["p"]), float(interval["p"][0]), float(interval["p"][1])
+
+
+def fmt_ci(t: tuple[float, float, float]) -> str:
+    return f"{t[0]:.1f} [{t[1]:.1f}, {t[2]:.1f}]"
+
+
+def summarise(runs: dict[str, dict[str, list[dict]]]) -> tuple[str, dict]:
+    md, js = [], {}
+    for dataset, variants in runs.items():
+        rows = {v: [per_run(r) for r in rs] for v, rs in variants.items()}
+        js[dataset] = {"runs": rows}
+        md += [f"### walker2d {dataset}", "",
+               "IQM over seeds [95% stratified-bootstrap CI], normalised scores. BC = each seed's "
+               "step-0 evaluation (10 episodes, selection seeds); test = 20 episodes on other seeds.", "",
+               "| variant | seeds | BC | last-3 mean | final eval | worst eval 0-50k, % of BC (mean / min) "
+               "| worst eval overall, % of BC (min) | test: model handed over (source) | test: final model "
+               "| test: BC | min / mean wall time |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for v, rs in sorted(rows.items()):
+            col = lambda k: np.array([r[k] for r in rs], dtype=float)  # noqa: E731
+            sources = ", ".join(f"{s}:{[r['result_source'] for r in rs].count(s)}"
+                                for s in ("bc", "best", "final") if any(r["result_source"] == s for r in rs))
+            stats = {k: iqm_ci(col(k)) for k in ("bc_score", "last3", "final", "result_test",
+                                                 "final_test", "bc_test")}
+            js[dataset][v] = {"seeds": [r["seed"] for r in rs], **{k: list(t) for k, t in stats.items()},
+                              "worst_early_pct_mean": float(np.nanmean(col("worst_early_pct"))),
+                              "worst_early_pct_min": float(np.nanmin(col("worst_early_pct"))),
+                              "worst_pct_min": float(np.nanmin(col("worst_pct")))}
+            md.append(f"| {v} | {len(rs)} | {fmt_ci(stats['bc_score'])} | {fmt_ci(stats['last3'])} | "
+                      f"{fmt_ci(stats['final'])} | {np.nanmean(col('worst_early_pct')):.0f}% / "
+                      f"{np.nanmin(col('worst_early_pct')):.0f}% | {np.nanmin(col('worst_pct')):.0f}% | "
+                      f"{fmt_ci(stats['result_test'])} ({sources}) | {fmt_ci(stats['final_test'])} | "
+                      f"{fmt_ci(stats['bc_test'])} | {col('wall_min').min():.1f} / {col('wall_min').mean():.1f} min |")
+        md.append("")
+        pairs = [(v, "bc_ppo") for v in rows if v != "bc_ppo" and "bc_ppo" in rows]
+        pairs += [("hybrid", v) for v in rows if v.startswith("hybrid-") and "hybrid" in rows]
+        if pairs:
+            md += ["Probability of improvement, last-3 mean, P(row > column) [95% CI]:", ""]
+            for x, y in pairs:
+                seeds = sorted(set(r["seed"] for r in rows[x]) & set(r["seed"] for r in rows[y]))
+                pick = lambda v: np.array([r["last3"] for r in rows[v] if r["seed"] in seeds])  # noqa: E731
+                p = prob_improvement(pick(x), pick(y))
+                js[dataset][f"P({x} > {y})"] = list(p)
+                md.append(f"- P({x} > {y}) = {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}] over seeds {seeds}")
+            md.append("")
+        plot_curves(dataset, variants)
+    return "\n".join(md), js
+
+
+def plot_curves(dataset: str, variants: dict[str, list[dict]]) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for v, rs in sorted(variants.items()):
+        steps = np.array([e["timesteps"] for e in rs[0]["curve"]])
+        n = min(len(r["curve"]) for r in rs)
+        scores = np.array([[e["normalized_score"] for e in r["curve"][:n]] for r in rs])
+        mean = scores.mean(0)
+        ax.plot(steps[:n], mean, label=f"{v} ({len(rs)} seeds)")
+        if len(rs) > 1:
+            half = 1.96 * scores.std(0, ddof=1) / np.sqrt(len(rs))
+            ax.fill_between(steps[:n], mean - half, mean + half, alpha=0.2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
+    ax.set_xlabel("online env steps")
+    ax.set_ylabel("normalised score (10 episodes)")
+    ax.set_title(f"walker2d {dataset}: mean over seeds, 95% CI of the mean")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS_DIR / f"finetune_{dataset}.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=RESULTS_DIR / "finetune.jsonl")
+    args = p.parse_args()
+    md, js = summarise(load(args.results))
+    (RESULTS_DIR / "finetune_summary.md").write_text(md + "\n")
+    (RESULTS_DIR / "finetune_summary.json").write_text(json.dumps(js, indent=1) + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

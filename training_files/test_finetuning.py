@@ -1,0 +1,181 @@
+"""Vectorised rollouts and evaluation, and this round's fine-tuning mechanisms.
+
+- Evaluation stepped in one vectorised env gives the same returns as one env at a time for
+  the same episode seeds; dummy and subproc rollouts give the same samples for the same seeds.
+- Critic-only updates leave the actor untouched and move the critic; the linear lr schedule
+  reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
+  documented; the best-model keeper never hands over a model measured worse than the start.
+"""
+
+from __future__ import annotations
+
+import unittest
+import warnings
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+from evaluation import EvalEnv
+from hybrid_training import BestModelKeeper, HybridResult
+from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
+                             setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs)
+from testing_utils import IsolatedTestCase
+
+warnings.filterwarnings("ignore", message=".*is out of date.*")
+
+
+def tiny_ppo(seed: int = 0) -> PPO:
+    return PPO("MlpPolicy", ENV_ID, seed=seed, device="cpu", policy_kwargs={"net_arch": [16]})
+
+
+class VectorisedEvaluationTest(IsolatedTestCase):
+
+    def test_same_returns_as_one_episode_at_a_time(self):
+        import gymnasium as gym
+
+        model = tiny_ppo()
+        episodes, seed = 4, 123
+        env = EvalEnv(ENV_ID, {}, episodes, seed)
+        vectorised = env.evaluate(model, None)
+        env.close()
+        one_at_a_time = []
+        for i in range(episodes):
+            single = Monitor(gym.make(ENV_ID))
+            obs, _ = single.reset(seed=seed + i)
+            done, total = False, 0.0
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, term, trunc, _ = single.step(action)
+                total += reward
+                done = term or trunc
+            one_at_a_time.append(total)
+            single.close()
+        self.assertAlmostEqual(vectorised["mean_reward"], float(np.mean(one_at_a_time)), places=6)
+        self.assertAlmostEqual(vectorised["std_reward"], float(np.std(one_at_a_time)), places=6)
+        self.assertGreater(np.std(one_at_a_time), 0)  # different seeds really differ
+        self.assertEqual(vectorised["episodes"], episodes)
+
+    def test_repeated_evaluations_use_the_same_seeds(self):
+        model = tiny_ppo()
+        env = EvalEnv(ENV_ID, {}, 3, 7)
+        first, second = env.evaluate(model, None), env.evaluate(model, None)
+        env.close()
+        self.assertEqual(first["mean_reward"], second["mean_reward"])
+        other = EvalEnv(ENV_ID, {}, 3, 8)
+        self.assertNotEqual(other.evaluate(model, None)["mean_reward"], first["mean_reward"])
+        other.close()
+
+
+class VecEnvKindsTest(IsolatedTestCase):
+
+    def test_dummy_and_subproc_rollouts_give_the_same_samples(self):
+        buffers = {}
+        for cls in (DummyVecEnv, SubprocVecEnv):
+            env = make_vec_env(ENV_ID, n_envs=2, seed=3, vec_env_cls=cls)
+            model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=3,
+                        device="cpu", policy_kwargs={"net_arch": [16]})
+            model.learn(64)  # two rollouts, one update between them
+            buf = model.rollout_buffer
+            buffers[cls] = (buf.observations.copy(), buf.actions.copy(), buf.rewards.copy())
+            env.close()
+        for a, b in zip(buffers[DummyVecEnv], buffers[SubprocVecEnv]):
+            np.testing.assert_array_equal(a, b)
+        self.assertGreater(np.abs(buffers[DummyVecEnv][2]).sum(), 0)
+
+
+class FineTuningMechanismsTest(IsolatedTestCase):
+
+    def _learn(self, steps: int = 192, log: str = "log", **kwargs):
+        model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                            offline_data=stochastic_data(), segment_length=16,
+                            policy_kwargs=tiny_policy_kwargs(), **kwargs)
+        model.set_logger(configure(str(self.work / log), ["csv"]))
+        model.learn(steps)
+        return model
+
+    @staticmethod
+    def _actor(model) -> dict:
+        return {k: v.clone() for k, v in model.policy.state_dict().items()
+                if k.startswith(("mlp_extractor.policy_net", "action_net", "log_std"))}
+
+    def test_critic_only_updates_freeze_the_actor(self):
+        start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
+        frozen = self._learn(critic_only_updates=3)  # all 3 updates of 192 steps
+        moved = self._learn(critic_only_updates=1, log="log_moved")
+        for k, v in self._actor(start).items():
+            self.assertTrue(torch.equal(v, self._actor(frozen)[k]), k)
+        self.assertFalse(torch.equal(start.policy.value_net.weight, frozen.policy.value_net.weight))
+        self.assertTrue(any(not torch.equal(v, self._actor(moved)[k])
+                            for k, v in self._actor(start).items()))
+
+    def test_bc_decay_shrinks_the_logged_bc_weight(self):
+        model = self._learn(steps=256, bc_coeff=0.1, bc_decay=0.5)
+        rows = read_progress(self.work / "log" / "progress.csv")
+        coeffs = [float(r["train/bc_coeff"]) for r in rows if r.get("train/bc_coeff")]
+        self.assertEqual(coeffs, [0.1, 0.05, 0.025])  # rows lag one update (SB3's dump)
+        self.assertEqual(model.policy_updates, 4)
+
+    def test_advantage_centring_modes(self):
+        model = make_hybrid(offline_data=stochastic_data(), seed=1)
+        adv = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
+        rhos = torch.tensor([1.0, 1.0, 1.0, 0.5, 1.0, 0.2])
+        offline = torch.tensor([False, False, False, True, True, True])
+        out = {}
+        for mode in ("mean", "rho", "none"):
+            model.offline_advantage_centering = mode
+            out[mode] = model._normalize_per_source(adv, rhos, offline)
+        for mode in out:  # the online part is SB3's rule whatever the mode
+            torch.testing.assert_close(out[mode][:3], (adv[:3] - 2.0) / adv[:3].std())
+        torch.testing.assert_close(out["mean"][3:], (adv[3:] - 20.0) / adv[3:].std())
+        off = adv[3:]
+        torch.testing.assert_close(out["none"][3:], off / off.pow(2).mean().sqrt())
+        b = off.mean() / rhos[3:].mean()
+        rho_centred = off - rhos[3:] * b
+        torch.testing.assert_close(out["rho"][3:], rho_centred / rho_centred.pow(2).mean().sqrt())
+        # rho-weighted centring removes the baseline where rho is large, keeps it where small
+        self.assertAlmostEqual((rhos[3:] * 0 + rho_centred).sum().item(), 0.0, places=4)
+        self.assertFalse(torch.allclose(out["rho"][3:], out["mean"][3:]))
+
+    def test_linear_lr_schedule_reaches_zero(self):
+        from stable_baselines3.common.utils import LinearSchedule
+
+        model = self._learn(steps=256, learning_rate=LinearSchedule(1e-3, 0.0, 1.0))
+        rows = read_progress(self.work / "log" / "progress.csv")
+        lrs = [float(r["train/learning_rate"]) for r in rows if r.get("train/learning_rate")]
+        self.assertEqual(len(lrs), 3)
+        self.assertTrue(all(b < a for a, b in zip(lrs, lrs[1:])), lrs)
+        self.assertAlmostEqual(lrs[0], 1e-3 * (1 - 64 / 256), places=8)  # after the first rollout
+        self.assertEqual(model.policy.optimizer.param_groups[0]["lr"], 0.0)  # the last update
+
+
+class BestModelKeeperTest(IsolatedTestCase):
+
+    def test_keeps_the_start_unless_beaten_and_names_the_source(self):
+        path = self.work / "run_best.zip"
+        keeper = BestModelKeeper(path)
+        start, later = tiny_ppo(0), tiny_ppo(1)
+        keeper({"mean_reward": 10.0, "timesteps": 0}, start)
+        keeper({"mean_reward": 9.0, "timesteps": 100}, later)  # worse: the start stays
+        self.assertTrue(params_equal(PPO.load(path, device="cpu"), start))
+        self.assertEqual(keeper.best["timesteps"], 0)
+        result = HybridResult(self.work / "run.zip", path, 100, False,
+                              {"mean_reward": 9.0, "timesteps": 100}, keeper.best)
+        self.assertEqual(result.best_source, "bc")
+        keeper({"mean_reward": 10.0, "timesteps": 200}, later)  # a tie does not replace it
+        self.assertEqual(keeper.best["timesteps"], 0)
+        keeper({"mean_reward": 11.0, "timesteps": 300}, later)
+        self.assertTrue(params_equal(PPO.load(path, device="cpu"), later))
+        final = {"mean_reward": 5.0, "timesteps": 400}
+        self.assertEqual(HybridResult(self.work / "run.zip", path, 400, False, final,
+                                      keeper.best).best_source, "best")
+        self.assertEqual(HybridResult(self.work / "run.zip", path, 300, False, keeper.best,
+                                      keeper.best).best_source, "final")
+
+
+if __name__ == "__main__":
+    unittest.main()
