@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class HybridResult:
     final_eval: dict
     evaluations: list[dict] = field(default_factory=list)
     warmup: dict = field(default_factory=dict)
+    save_error: str | None = None  # the requested path failed; save_file is the fallback
 
 
 def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
@@ -80,6 +83,25 @@ def save_atomically(model, path: Path) -> Path:
     return replace_atomically(path, lambda tmp: model.save(str(tmp)))
 
 
+def save_with_fallback(model, path: Path) -> tuple[Path, str | None]:
+    """Save to `path`; if that fails (disk full, folder gone or read-only since the start),
+    save to the temp dir, else the working directory, so trained work is never discarded.
+    Returns (where it was saved, None or a one-line error naming both paths)."""
+    try:
+        return save_atomically(model, path), None
+    except OSError as exc:
+        problem = f"could not save the hybrid model to {path} ({exc.strerror or exc})"
+    name = f"{Path(path).stem}_{os.getpid()}.zip"
+    for folder in (Path(tempfile.gettempdir()), Path.cwd()):
+        try:
+            saved = save_atomically(model, folder / name)
+        except OSError:
+            continue
+        return saved, f"{problem}; it was saved to {saved} instead"
+    raise PipelineError(f"{problem}, nor to {Path(tempfile.gettempdir()) / name} or "
+                        f"{Path.cwd() / name}: the trained model is lost")
+
+
 def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
                  progress: bool = True, on_eval=None) -> HybridResult:
     """Train for settings.total_timesteps; Ctrl-C stops cleanly and still saves."""
@@ -97,7 +119,7 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                     progress_bar=progress)
     except KeyboardInterrupt:
         interrupted = True
-    save_file = save_atomically(model, settings.save_file)
+    save_file, save_error = save_with_fallback(model, settings.save_file)
     final = (evaluator.history[-1] if evaluator.history and
              evaluator.history[-1]["timesteps"] == model.num_timesteps else None)
     if final is None:
@@ -106,4 +128,4 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     eval_env.close()
     model.env.close()
     return HybridResult(save_file, int(model.num_timesteps), interrupted, final,
-                        evaluator.history, dict(model.warmup_stats))
+                        evaluator.history, dict(model.warmup_stats), save_error)
