@@ -1,4 +1,5 @@
-"""Write-then-rename, so a crash never leaves half a checkpoint, CSV, model or run log behind.
+"""Files shared between runs: write-then-rename, so a crash never leaves half a checkpoint,
+CSV, model or run log behind, and the lock that serialises runs sharing a resource.
 
 One helper for every file the project replaces: the new content goes to a hidden temp file
 beside the target (`.NAME.PID.XXXX.tmp`), is fsynced, renamed over the target, and the
@@ -13,8 +14,11 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock, Timeout
 
 _TMP_SUFFIX = ".tmp"
 
@@ -143,3 +147,19 @@ def write_bytes_atomically(path: Path, data: bytes, mode: int | None = None,
             os.close(fd)
 
     return _finish(tmp, path, fill)
+
+
+@contextmanager
+def exclusive(lock_path: Path, waiting_message: str):
+    """Hold a file lock (filelock, as the run log uses); say so once if another process has it.
+    The OS releases it when its holder dies, so a killed run never blocks the next one."""
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"{waiting_message} (lock {lock_path})...", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

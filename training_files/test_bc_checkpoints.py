@@ -143,7 +143,8 @@ class BCTestCase(IsolatedTestCase):
         self.ckpt_dir = bc.checkpoint_dir(Path("bc_checkpoints"), "mujoco", "walker2d")
 
     def assertNoTempFiles(self, root: Path):
-        leftovers = [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+        leftovers = [p for p in root.rglob("*") if p.name.endswith(".tmp")
+                     or (p.name.startswith(".") and not p.name.endswith(".lock"))]
         self.assertEqual(leftovers, [], "temporary files left behind")
 
 
@@ -171,7 +172,8 @@ class TestBCCheckpointFiles(BCTestCase):
             m = CKPT_RE.match(z)
             self.assertIsNotNone(m, z)
             self.assertEqual(m["name"], name)
-        self.assertEqual({p.name for p in directory.iterdir()}, expected_zips | {csv_path.name})
+        self.assertEqual({p.name for p in directory.iterdir() if not p.name.endswith(".lock")},
+                         expected_zips | {csv_path.name})
         self.assertNoTempFiles(self.work)
         # every zip is a real SB3 checkpoint
         for z in sorted(zips):

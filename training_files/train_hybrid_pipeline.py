@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -223,6 +224,7 @@ def run_pipeline(args, entry: dict) -> dict:
     from evaluation import evaluate, make_eval_env
     from hparams import env_entries
     from hybrid_training import HybridSettings, train_hybrid
+    from atomic_file import replace_atomically
     from offline_data import load_offline_data
 
     set_random_seed(args.seed)
@@ -239,31 +241,41 @@ def run_pipeline(args, entry: dict) -> dict:
           f"mean episode return {data.episode_returns.mean():.1f}; normalised scores use "
           f"{data.ref_scores_source}")
 
-    # 1-2. BC
+    # 1-2. BC, and 3. selection, under a lock per (dataset, env, names): a concurrent run
+    # must never retrain, archive or half-write the checkpoint this one is about to load.
     entry["stage"] = "bc"
     ckpt_dir = bc.checkpoint_dir(args.bc_checkpoint_dir, args.dataset, args.env)
     name = bc.run_name(args.names)
-    if checkpoints.should_train_bc(ckpt_dir, name, args.skip_bc, args.force_bc_retrain):
-        moved = bc.archive_previous(ckpt_dir, name) if ckpt_dir.is_dir() else None
-        if moved:
-            print(f"Earlier BC checkpoints of {name} moved to {moved}")
-        settings = bc.BCSettings(args.num_bc_epochs, args.bc_batch_size, args.log_interval,
-                                 args.save_every_epochs, args.seed, device)
-        bc.train_bc(data, bc_cfg, settings, ckpt_dir, name)
-        entry["bc_trained"] = True
-    else:
-        entry["bc_trained"] = False
-
-    # 3. selection
-    best = checkpoints.find_best_checkpoint(ckpt_dir, name)
+    bc_settings = bc.BCSettings(args.num_bc_epochs, args.bc_batch_size, args.log_interval,
+                                args.save_every_epochs, args.seed, device)
+    wanted = bc.settings_record(bc_settings, args.hparam_bc, bc_cfg, data.provenance)
+    entry["bc_settings"] = wanted
+    tb_dir = tensorboard_dir(args, save_file)
+    with bc.checkpoint_lock(args.bc_checkpoint_dir, args.dataset, args.env, name):
+        decision = checkpoints.decide_bc(ckpt_dir, name, wanted, args.skip_bc,
+                                         args.force_bc_retrain)
+        entry["bc_decision"] = decision.as_log()
+        if decision.train:
+            moved = bc.archive_previous(ckpt_dir, name) if ckpt_dir.is_dir() else None
+            if moved:
+                print(f"Earlier BC checkpoints of {name} moved to {moved}")
+            bc.train_bc(data, bc_cfg, bc_settings, ckpt_dir, name)
+            bc.write_settings(ckpt_dir, name, wanted)
+        entry["bc_trained"] = decision.train
+        best = checkpoints.find_best_checkpoint(ckpt_dir, name)
+        # This run loads its own copy (kept with the run's TensorBoard files): once the lock
+        # is released another run may move the original to superseded/.
+        tb_dir.mkdir(parents=True, exist_ok=True)
+        bc_zip = replace_atomically(tb_dir / "bc_start.zip",
+                                    lambda tmp: shutil.copyfile(best.path, tmp))
     entry["bc"] = {"best_checkpoint": str(best.path), "val_loss": best.val_loss,
                    "train_loss": best.train_loss, "best_epoch": best.epoch,
-                   "epochs": best.epochs_trained}
+                   "epochs": best.epochs_trained, "loaded_copy": str(bc_zip)}
     print(f"Best BC checkpoint: {best.path} (epoch {best.epoch}, val_loss {best.val_loss:.4f})")
     if bc_cfg.eval_episodes > 0:
         from stable_baselines3 import PPO
 
-        bc_model = PPO.load(best.path, device=device)
+        bc_model = PPO.load(bc_zip, device=device)
         bc_eval = evaluate(bc_model, make_eval_env(bc_cfg.env_id, bc_cfg.env_kwargs, args.seed + 20_000,
                                                    float32_obs=device == "mps"),
                            bc_cfg.eval_episodes, data.ref_scores)
@@ -277,7 +289,6 @@ def run_pipeline(args, entry: dict) -> dict:
     if args.mix_ratio == 0 and args.bc_coeff > 0:
         print(f"Note: --mix_ratio 0 puts no offline samples in the updates, so --bc_coeff "
               f"{args.bc_coeff} has no effect")
-    tb_dir = tensorboard_dir(args, save_file)
     settings = HybridSettings(args.mix_ratio, args.rho_bar, args.c_bar, args.bc_coeff,
                               args.warm_start_steps, args.log_std_subtract, args.seed, device,
                               args.total_timesteps or hybrid_cfg.total_timesteps, save_file, tb_dir)
@@ -295,7 +306,7 @@ def run_pipeline(args, entry: dict) -> dict:
               + (f" (normalised {norm:.1f})" if norm is not None else ""), flush=True)
 
     try:
-        result = train_hybrid(data, best.path, hybrid_cfg, settings,
+        result = train_hybrid(data, bc_zip, hybrid_cfg, settings,
                               progress=not args.no_progress, on_eval=report)
     finally:
         if run is not None:
