@@ -30,7 +30,7 @@ def dir_problem(directory: Path) -> str | None:
         with tempfile.TemporaryFile(dir=here):
             pass
     except OSError as exc:
-        return f"{here} is not writable ({exc.strerror})"
+        return f"cannot create files in {here} ({exc.strerror})"
     return None
 
 
