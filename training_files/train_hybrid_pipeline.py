@@ -1,12 +1,13 @@
 """BC on offline data -> best BC checkpoint -> hybrid PPO fine-tuning -> run log.
 
 The five steps of QUICKSTART's WORKFLOW, each one call into its own module:
-  1. checkpoints.should_train_bc   reuse or retrain (asks only on a terminal)
+  1. checkpoints.decide_bc         reuse or retrain (stored BC settings compared; asks only on a terminal)
   2. bc.train_bc                   checkpoints + <name>_metrics.csv
   3. checkpoints.find_best_checkpoint   lowest val_loss that loads
   4. hybrid_training.train_hybrid  HybridPPO from that checkpoint, V-trace on offline data
   5. run_log.append_run            logs/pipeline_runs.json
-Every mistake a user can cause ends as one line on stderr and a non-zero exit.
+Every mistake a user can cause ends as one line on stderr and a non-zero exit; every output
+location is checked (preflight.py) before any data is generated or anything trained.
 """
 
 from __future__ import annotations
