@@ -149,7 +149,7 @@ def decide_bc(directory: Path, name: str, wanted: dict | None, skip_bc: bool,
         print(f"--skip_bc: reusing the BC checkpoints of {name} in {directory}"
               + (f", although they were trained with other settings: {what}" if diffs else ""))
         return BCDecision(False, "--skip_bc", diffs)
-    if not stdin.isatty():
+    if stdin is None or not stdin.isatty():  # sys.stdin is None under some daemons
         if diffs:
             print(f"Found BC checkpoints for {name} in {directory} trained with other settings "
                   f"({what}); stdin is not a terminal, retraining BC (the earlier checkpoints "
