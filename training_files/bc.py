@@ -9,8 +9,10 @@ crash never leaves half a zip or half a row.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +21,10 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.utils import set_random_seed
+from filelock import FileLock
 from tqdm import tqdm
 
-from atomic_file import replace_atomically
+from atomic_file import exclusive, replace_atomically, write_bytes_atomically
 from normalized_policy import obs_normalizer, policy_kwargs
 from offline_data import OfflineData
 
@@ -57,15 +60,59 @@ def metrics_file(directory: Path, name: str) -> Path:
     return directory / f"{name}_metrics.csv"
 
 
+def settings_file(directory: Path, name: str) -> Path:
+    return directory / f"{name}_bc_settings.json"
+
+
+def settings_record(settings: BCSettings, hparam_key: str, cfg, provenance: list[dict]) -> dict:
+    """What decides the checkpoints' weights, compared before they are reused. Leaves out what
+    does not change them (eval_episodes, save/log intervals)."""
+    return {"seed": settings.seed, "epochs": settings.epochs, "batch_size": settings.batch_size,
+            "hparam_bc": hparam_key,
+            "bc_config": cfg.model_dump(mode="json", exclude={"eval_episodes"}),
+            "data": [{"name": p.get("name"), "source": "minari" if p.get("source") == "generated"
+                      else p.get("source"), "sha256": p.get("sha256")} for p in provenance]}
+
+
+def write_settings(directory: Path, name: str, record: dict) -> Path:
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    return write_bytes_atomically(settings_file(directory, name), text.encode("utf-8"))
+
+
+def read_settings(directory: Path, name: str) -> dict | None:
+    """The stored record, or None when absent or unreadable (then nothing can be compared)."""
+    path = settings_file(directory, name)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"{path} is unreadable ({exc}); treating the settings as unknown",
+                      stacklevel=2)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def checkpoint_lock(root: Path, dataset: str, env: str, name: str):
+    """Held while one run checks, trains, archives, selects and copies the checkpoints of
+    (dataset, env, name), so another run never loads one that is being moved or written."""
+    root.mkdir(parents=True, exist_ok=True)
+    return exclusive(root / f".{dataset}@{env}@{name}.lock",
+                     f"Waiting for another run using the BC checkpoints of {dataset}/{env}/{name}")
+
+
 def _append_metrics_row(path: Path, epoch: int, train_loss: float, val_loss: float) -> None:
-    old = path.read_text() if path.exists() else CSV_HEADER
     row = f"{epoch},{train_loss!r},{val_loss!r}\n"
-    replace_atomically(path, lambda tmp: tmp.write_text(old + row))
+    # A read-modify-write: two writers must not interleave (a hidden lock beside the CSV).
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        old = path.read_text() if path.exists() else CSV_HEADER
+        replace_atomically(path, lambda tmp: tmp.write_text(old + row))
 
 
 def archive_previous(directory: Path, name: str) -> Path | None:
-    """Move an earlier run's CSV and checkpoints of `name` aside before retraining."""
-    old = [metrics_file(directory, name), *directory.glob(f"{name}_epoch* with avg loss *.zip")]
+    """Move an earlier run's CSV, settings and checkpoints of `name` aside before retraining."""
+    old = [metrics_file(directory, name), settings_file(directory, name),
+           *directory.glob(f"{name}_epoch* with avg loss *.zip")]
     old = [p for p in old if p.exists()]
     if not old:
         return None

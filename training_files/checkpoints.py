@@ -11,10 +11,10 @@ import csv
 import math
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bc import checkpoint_file, metrics_file
+from bc import checkpoint_file, metrics_file, read_settings
 from errors import PipelineError
 
 
@@ -92,32 +92,91 @@ def has_checkpoint(directory: Path, name: str) -> bool:
     return metrics_file(directory, name).exists() and any(directory.glob(f"{name}_epoch*.zip"))
 
 
-def should_train_bc(directory: Path, name: str, skip_bc: bool, force_retrain: bool,
-                    stdin=None, ask=input) -> bool:
-    """QUICKSTART's step 1: reuse or retrain. Prompts only when stdin is a terminal."""
+@dataclass(frozen=True)
+class BCDecision:
+    """Train or reuse, why, and how the stored checkpoints' settings differ from this run's."""
+
+    train: bool
+    reason: str
+    differences: list[str] = field(default_factory=list)
+
+    def as_log(self) -> dict:
+        return {"train": self.train, "reason": self.reason, "differences": self.differences}
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_differences(stored: dict | None, wanted: dict) -> list[str]:
+    """Human-readable `field: stored -> wanted` lines; [] when the settings match."""
+    if stored is None:
+        return ["no record of the settings they were trained with (trained by an earlier "
+                "version, or the run that trained them was interrupted)"]
+    old, new = _flat(stored), _flat(wanted)
+    return [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def decide_bc(directory: Path, name: str, wanted: dict | None, skip_bc: bool,
+              force_retrain: bool, stdin=None, ask=input) -> BCDecision:
+    """QUICKSTART's step 1: reuse or retrain. Prompts only when stdin is a terminal.
+
+    `wanted` is this run's BC settings record (bc.settings_record); None skips the comparison.
+    Matching settings: reuse (a terminal is still asked). Different settings: a terminal is
+    shown the difference and asked; without one BC retrains and says why; --skip_bc reuses
+    anyway and says what differs."""
     stdin = stdin or sys.stdin
     if force_retrain:
         print("--force_bc_retrain: training BC from scratch")
-        return True
+        return BCDecision(True, "--force_bc_retrain")
     if not directory.is_dir():
         print(f"BC checkpoint dir not found: {directory}")
-        return True
+        return BCDecision(True, "no checkpoint dir")
     if not has_checkpoint(directory, name):
         print(f"No BC checkpoint for {name} in {directory}"
               + ("; --skip_bc has nothing to reuse, training BC" if skip_bc else ", training BC"))
-        return True
+        return BCDecision(True, "no checkpoint")
+    diffs = [] if wanted is None else settings_differences(read_settings(directory, name), wanted)
+    what = "; ".join(diffs)
     if skip_bc:
-        print(f"--skip_bc: reusing the BC checkpoints of {name} in {directory}")
-        return False
-    if not stdin.isatty():
+        print(f"--skip_bc: reusing the BC checkpoints of {name} in {directory}"
+              + (f", although they were trained with other settings: {what}" if diffs else ""))
+        return BCDecision(False, "--skip_bc", diffs)
+    if stdin is None or not stdin.isatty():  # sys.stdin is None under some daemons
+        if diffs:
+            print(f"Found BC checkpoints for {name} in {directory} trained with other settings "
+                  f"({what}); stdin is not a terminal, retraining BC (the earlier checkpoints "
+                  "move to superseded/; pass --skip_bc to reuse them anyway)")
+            return BCDecision(True, "settings differ (no terminal)", diffs)
         print(f"Found BC checkpoints for {name} in {directory}; stdin is not a terminal, reusing "
               "them (pass --force_bc_retrain to retrain)")
-        return False
+        return BCDecision(False, "settings match (no terminal)")
+    if diffs:
+        print(f"The BC checkpoints of {name} in {directory} were trained with other settings:")
+        for line in diffs:
+            print(f"  {line}")
     while True:
-        answer = ask(f"BC checkpoints for {name} exist in {directory}. [r]euse or re[t]rain? [r] ")
+        try:
+            answer = ask(f"BC checkpoints for {name} exist in {directory}. [r]euse or re[t]rain? [r] ")
+        except EOFError:  # Ctrl-D: no answer is not an answer
+            print()
+            raise PipelineError("No answer at the reuse/retrain prompt (end of input); rerun and "
+                                "answer r or t, or pass --skip_bc or --force_bc_retrain") from None
         answer = answer.strip().lower()
         if answer in ("", "r", "reuse"):
-            return False
+            return BCDecision(False, "reuse (answered at the prompt)", diffs)
         if answer in ("t", "retrain"):
-            return True
+            return BCDecision(True, "retrain (answered at the prompt)", diffs)
         print("Please answer r (reuse) or t (retrain).")
+
+
+def should_train_bc(directory: Path, name: str, skip_bc: bool, force_retrain: bool,
+                    stdin=None, ask=input, wanted: dict | None = None) -> bool:
+    return decide_bc(directory, name, wanted, skip_bc, force_retrain, stdin, ask).train

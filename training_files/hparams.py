@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,12 +20,17 @@ DEFAULT_HPARAM_FILE = Path(__file__).resolve().parent.parent / "hparam.yml"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML's .nan/.inf must not reach the optimiser (a nan ent_coef
+    # trains garbage, an inf clip_range silently disables clipping).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+LayerSize = Annotated[int, Field(gt=0)]
 
 
 class NetArch(_Strict):
-    pi: list[int] = Field(min_length=1)
-    vf: list[int] = Field(min_length=1)
+    pi: list[LayerSize] = Field(min_length=1)
+    vf: list[LayerSize] = Field(min_length=1)
 
 
 class PolicyConfig(_Strict):
@@ -85,7 +90,7 @@ class HybridConfig(EnvConfig):
     ent_coef: float = 0.0
     vf_coef: float = Field(0.5, ge=0)
     max_grad_norm: float = Field(0.5, gt=0)
-    target_kl: float | None = None
+    target_kl: Annotated[float, Field(gt=0)] | None = None
     log_std_min: float = -20.0
     segment_length: int = Field(64, gt=0)
     warmup_learning_rate: float = Field(1e-3, gt=0)
@@ -114,7 +119,26 @@ class HybridConfig(EnvConfig):
 
 class _Yaml12FloatLoader(yaml.SafeLoader):
     """SafeLoader that also reads 1e6 and 3e-4 as floats (YAML 1.2); PyYAML's 1.1 rules
-    would hand them over as strings and a number written naturally would be rejected."""
+    would hand them over as strings and a number written naturally would be rejected.
+    A key written twice in one mapping is an error: PyYAML would silently keep the last."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then an explicit key is an override, not a duplicate
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # unhashable key: SafeConstructor reports it itself
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key '{key}' (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12FloatLoader.add_implicit_resolver(

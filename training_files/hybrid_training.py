@@ -10,6 +10,8 @@ seeds were never used for the choice.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from evaluation import (SELECTION_SEED_OFFSET, TEST_SEED_OFFSET, EvalEnv, Period
                         float32_observations)
 from hybrid_ppo import HybridPPO
 from offline_data import OfflineData
+from preflight import best_model_file, model_file
 
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
@@ -58,6 +61,7 @@ class HybridResult:
     best_eval: dict
     evaluations: list[dict] = field(default_factory=list)
     warmup: dict = field(default_factory=dict)
+    save_error: str | None = None  # the requested path failed; save_file is the fallback
     seconds: dict = field(default_factory=dict)  # wall time per stage
 
     @property
@@ -66,15 +70,6 @@ class HybridResult:
         if self.best_eval["timesteps"] == 0:
             return "bc"
         return "final" if self.best_eval["timesteps"] == self.final_eval["timesteps"] else "best"
-
-
-def best_file_for(save_file: Path) -> Path:
-    """`<save_file stem>_best.zip` beside the final model."""
-    return save_file.with_name(f"{save_file.stem}_best.zip")
-
-
-def with_zip_suffix(path: Path) -> Path:
-    return path if path.suffix == ".zip" else path.with_name(path.name + ".zip")
 
 
 def make_train_env(cfg, seed: int, device: str):
@@ -116,7 +111,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
 
 
 def save_atomically(model, path: Path) -> Path:
-    path = with_zip_suffix(path)
+    path = model_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return replace_atomically(path, lambda tmp: model.save(str(tmp)))
 
@@ -169,6 +164,25 @@ class StageTimes(BaseCallback):
         return True
 
 
+def save_with_fallback(model, path: Path) -> tuple[Path, str | None]:
+    """Save to `path`; if that fails (disk full, folder gone or read-only since the start),
+    save to the temp dir, else the working directory, so trained work is never discarded.
+    Returns (where it was saved, None or a one-line error naming both paths)."""
+    try:
+        return save_atomically(model, path), None
+    except OSError as exc:
+        problem = f"could not save the hybrid model to {path} ({exc.strerror or exc})"
+    name = f"{Path(path).stem}_{os.getpid()}.zip"
+    for folder in (Path(tempfile.gettempdir()), Path.cwd()):
+        try:
+            saved = save_atomically(model, folder / name)
+        except OSError:
+            continue
+        return saved, f"{problem}; it was saved to {saved} instead"
+    raise PipelineError(f"{problem}, nor to {Path(tempfile.gettempdir()) / name} or "
+                        f"{Path.cwd() / name}: the trained model is lost")
+
+
 def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
                  progress: bool = True, on_eval=None) -> HybridResult:
     """Train for settings.total_timesteps; Ctrl-C stops cleanly and still saves."""
@@ -177,7 +191,7 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     model.set_logger(configure(str(settings.tb_dir), ["tensorboard", "csv"]))
     eval_env = EvalEnv(cfg.env_id, cfg.env_kwargs, cfg.eval_episodes,
                        settings.seed + SELECTION_SEED_OFFSET, float32_obs=settings.device == "mps")
-    keeper = BestModelKeeper(best_file_for(with_zip_suffix(settings.save_file)), on_eval)
+    keeper = BestModelKeeper(best_model_file(settings.save_file), on_eval)
     evaluator = PeriodicEval(eval_env, cfg.eval_freq, data.ref_scores,
                              csv_path=settings.tb_dir / "eval.csv", on_eval=keeper)
     stage_times = StageTimes(evaluator)
@@ -187,7 +201,7 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                     callback=CallbackList([evaluator, stage_times]), progress_bar=progress)
     except KeyboardInterrupt:
         interrupted = True
-    save_file = save_atomically(model, settings.save_file)
+    save_file, save_error = save_with_fallback(model, settings.save_file)
     if not evaluator.history or evaluator.history[-1]["timesteps"] != model.num_timesteps:
         evaluator.run_eval()  # the final model is a candidate too
     eval_env.close()
@@ -196,7 +210,8 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0)}
     return HybridResult(save_file, keeper.path, int(model.num_timesteps), interrupted,
                         evaluator.history[-1], keeper.best, evaluator.history,
-                        dict(model.warmup_stats), {k: round(v, 2) for k, v in seconds.items()})
+                        dict(model.warmup_stats), {k: round(v, 2) for k, v in seconds.items()},
+                        save_error)
 
 
 def test_evaluation(model_file: Path, cfg, seed: int, device: str, ref_scores) -> dict:

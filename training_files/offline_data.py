@@ -21,8 +21,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from atomic_file import exclusive
 from collect_dataset import BUNDLED, D4RL_REF_SCORES, generate_bundled, minari_root
 from errors import PipelineError
+from preflight import dir_problem
 
 
 @dataclass
@@ -263,7 +265,12 @@ def _resolve_one(dataset: str, env: str, name: str, max_episode_steps: int | Non
     if d4rl_path.exists():
         return _load_d4rl(d4rl_path, dataset_id, max_episode_steps)
     if generate and (dataset, env, name) in BUNDLED:
-        generate_bundled(dataset, env, name, progress=progress)
+        # One generation per dataset: a second run waits here, then finds the dataset made.
+        with exclusive(minari_root() / f".{dataset}@{env}@{name}.generate.lock",
+                       f"Waiting for another process generating {dataset_id}"):
+            if (minari_path / "data").exists():
+                return _load_minari(dataset_id, minari_path)
+            generate_bundled(dataset, env, name, progress=progress)
         data, info = _load_minari(dataset_id, minari_path)
         info["source"] = "generated"
         return data, info
@@ -275,6 +282,22 @@ def _resolve_one(dataset: str, env: str, name: str, max_episode_steps: int | Non
         f"{hint}. Get it with `minari download {dataset_id}` on a connected machine (copy "
         f"{minari_root()} over), place D4RL's {d4rl_path.name} in {d4rl_dir()}, or write one "
         f"with `python training_files/collect_dataset.py --name {dataset_id} ...`")
+
+
+def _check_generation_target(dataset: str, env: str, names: list[str]) -> None:
+    """Before rolling anything out: the Minari directory must take the generated dataset."""
+    for name in names:
+        found = ((minari_root() / dataset / env / name / "data").exists()
+                 or (d4rl_dir() / d4rl_file_name(env, name)).exists())
+        if found or (dataset, env, name) not in BUNDLED:
+            continue
+        problem = dir_problem(minari_root())
+        if problem:
+            raise PipelineError(
+                f"Cannot generate {dataset}/{env}/{name} into the Minari directory "
+                f"{minari_root()}: {problem}; set MINARI_DATASETS_PATH to a writable directory")
+        minari_root().mkdir(parents=True, exist_ok=True)  # the generation lock lives there
+        return
 
 
 def _check_env_fit(data: OfflineData, infos: list[dict], env_id: str, env_kwargs: dict,
@@ -317,6 +340,8 @@ def load_offline_data(dataset: str, env: str, names: list[str], env_id: str,
                       generate: bool = True, progress: bool = True) -> OfflineData:
     """All `names` resolved, concatenated with episode boundaries kept, checked against env_id."""
     env_kwargs = env_kwargs or {}
+    if generate:
+        _check_generation_target(dataset, env, names)
     max_steps = gym.spec(env_id).max_episode_steps if env_id in gym.registry else None
     parts = [_resolve_one(dataset, env, name, max_steps, generate, progress) for name in names]
     shapes = {(d.observations.shape[1:], d.actions.shape[1:]) for d, _ in parts}

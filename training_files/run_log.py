@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from filelock import FileLock
 
+from atomic_file import fsync_dir, write_bytes_atomically
+
 DEFAULT_LOG_PATH = Path("logs/pipeline_runs.json")
-_TMP_SUFFIX = ".tmp"
 
 
 def _finite(obj):
@@ -55,30 +55,6 @@ def _dumps(obj) -> str:
     return json.dumps(_finite(obj), indent=2, allow_nan=False, default=_default)
 
 
-def _tmp_prefix(path: Path) -> str:
-    # Hidden and tied to the log's name, so stale leftovers are recognisable and globbable.
-    return f".{path.name}."
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """A writer killed before its rename leaves its temp file behind; only the lock holder
-    ever creates one, so while we hold the lock every such file is an orphan."""
-    for tmp in path.parent.glob(f"{_tmp_prefix(path)}*{_TMP_SUFFIX}"):
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    """The rename lives in the directory entry; without this a power loss can undo it."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _load(path: Path) -> list:
     data = json.loads(path.read_bytes())  # UnicodeDecodeError/JSONDecodeError are ValueErrors
     if not isinstance(data, list):
@@ -94,7 +70,7 @@ def _quarantine(path: Path, reason: Exception) -> Path:
         n += 1
         target = path.with_name(f"{base}-{n}")
     os.replace(path, target)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     warnings.warn(
         f"run log {path} was corrupt ({type(reason).__name__}); moved it to {target} "
         "and started a new log",
@@ -102,30 +78,6 @@ def _quarantine(path: Path, reason: Exception) -> Path:
         stacklevel=3,
     )
     return target
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write the complete new array beside the log, then rename over it, so a crash at any
-    instant leaves either the old log or the new one in place."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would give 0600
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=_TMP_SUFFIX, dir=path.parent)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            data = memoryview(text.encode("utf-8"))
-            while data:
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def append_run(entry: dict, log_path: Path | str = DEFAULT_LOG_PATH, lock_timeout_s: float = 60.0) -> Path:
@@ -140,7 +92,6 @@ def append_run(entry: dict, log_path: Path | str = DEFAULT_LOG_PATH, lock_timeou
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock", timeout=lock_timeout_s):
-        _remove_stale_temps(path)
         runs: list = []
         if path.exists():
             try:
@@ -148,7 +99,8 @@ def append_run(entry: dict, log_path: Path | str = DEFAULT_LOG_PATH, lock_timeou
             except ValueError as exc:
                 _quarantine(path, exc)
         runs.append(clean_entry)
-        _write_atomically(path, _dumps(runs) + "\n")
+        # Only lock holders write the log, so every temp file of it found now is an orphan.
+        write_bytes_atomically(path, (_dumps(runs) + "\n").encode("utf-8"), locked=True)
     return path
 
 

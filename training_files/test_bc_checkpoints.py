@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import re
@@ -143,7 +144,8 @@ class BCTestCase(IsolatedTestCase):
         self.ckpt_dir = bc.checkpoint_dir(Path("bc_checkpoints"), "mujoco", "walker2d")
 
     def assertNoTempFiles(self, root: Path):
-        leftovers = [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+        leftovers = [p for p in root.rglob("*") if p.name.endswith(".tmp")
+                     or (p.name.startswith(".") and not p.name.endswith(".lock"))]
         self.assertEqual(leftovers, [], "temporary files left behind")
 
 
@@ -171,7 +173,8 @@ class TestBCCheckpointFiles(BCTestCase):
             m = CKPT_RE.match(z)
             self.assertIsNotNone(m, z)
             self.assertEqual(m["name"], name)
-        self.assertEqual({p.name for p in directory.iterdir()}, expected_zips | {csv_path.name})
+        self.assertEqual({p.name for p in directory.iterdir() if not p.name.endswith(".lock")},
+                         expected_zips | {csv_path.name})
         self.assertNoTempFiles(self.work)
         # every zip is a real SB3 checkpoint
         for z in sorted(zips):
@@ -661,12 +664,150 @@ class TestShouldTrainBC(SelectionTestCase):
         self.assertEqual(len(ask.prompts), 2)
         self.assertIn("Please answer", out)
 
+    # ------------------------------------------------------- with the settings record
+    WANTED = {"seed": 7, "epochs": 50, "batch_size": 128, "hparam_bc": "k", "bc_config": {},
+              "data": [{"name": "expert-v0", "source": "minari", "sha256": "s"}]}
+
+    def with_recorded(self, **changes):
+        self.with_checkpoint()
+        bc.write_settings(self.dir, self.name, {**self.WANTED, **changes})
+
+    def decide_full(self, skip_bc=False, force=False, stdin=None, ask=never_ask):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            decision = checkpoints.decide_bc(self.dir, self.name, self.WANTED, skip_bc, force,
+                                             stdin=stdin, ask=ask)
+        return decision, out.getvalue()
+
+    def test_matching_settings_reuse_without_terminal(self):
+        self.with_recorded()
+        decision, out = self.decide_full(stdin=FakeTerminal(False))
+        self.assertFalse(decision.train)
+        self.assertEqual(decision.differences, [])
+        self.assertIn("not a terminal, reusing", out)
+
+    def test_other_settings_retrain_without_terminal_and_say_why(self):
+        """Was a bug: a 1-epoch checkpoint of another seed was reused for --num_bc_epochs 50."""
+        self.with_recorded(seed=1, epochs=1)
+        decision, out = self.decide_full(stdin=FakeTerminal(False))
+        self.assertTrue(decision.train)
+        self.assertEqual(decision.differences, ["epochs: 1 -> 50", "seed: 1 -> 7"])
+        self.assertIn("seed: 1 -> 7", out)
+        self.assertIn("retraining", out)
+        self.assertEqual(decision.as_log()["differences"], decision.differences)
+
+    def test_no_record_retrains_without_terminal(self):
+        self.with_checkpoint()
+        decision, out = self.decide_full(stdin=FakeTerminal(False))
+        self.assertTrue(decision.train)
+        self.assertIn("no record", out)
+
+    def test_skip_bc_reuses_other_settings_and_says_what_differs(self):
+        self.with_recorded(batch_size=64)
+        decision, out = self.decide_full(skip_bc=True, stdin=FakeTerminal(False))
+        self.assertFalse(decision.train)
+        self.assertEqual(decision.reason, "--skip_bc")
+        self.assertIn("batch_size: 64 -> 128", out)
+
+    def test_terminal_shows_the_difference_then_asks(self):
+        self.with_recorded(hparam_bc="other")
+        ask = ScriptedAsk("r")
+        decision, out = self.decide_full(stdin=FakeTerminal(True), ask=ask)
+        self.assertFalse(decision.train)
+        self.assertIn("hparam_bc: 'other' -> 'k'", out)
+        self.assertEqual(len(ask.prompts), 1)
+        self.assertLess(out.index("hparam_bc"), len(out))
+
+    def test_end_of_input_at_the_prompt_is_one_line(self):
+        self.with_recorded()
+
+        def eof(prompt):
+            raise EOFError
+
+        with self.assertRaises(PipelineError) as cm:
+            self.decide_full(stdin=FakeTerminal(True), ask=eof)
+        self.assertNotIn("\n", str(cm.exception))
+        self.assertIn("--skip_bc", str(cm.exception))
+
     def test_default_stdin_is_sys_stdin(self):
         self.with_checkpoint()
         with mock.patch.object(sys, "stdin", io.StringIO("")):
             result, out = self.decide(stdin=None)
         self.assertIs(result, False)
         self.assertIn("reusing", out)
+
+
+class TestSettingsRecord(BCTestCase):
+    PROVENANCE = [{"name": "expert-v0", "source": "generated", "sha256": "ab" * 32, "path": "x"}]
+
+    def test_record_holds_what_changes_the_weights(self):
+        record = bc.settings_record(settings(epochs=7, seed=3, batch_size=32),
+                                    "Walker2d-v4-bc-large", self.cfg, self.PROVENANCE)
+        self.assertEqual((record["seed"], record["epochs"], record["batch_size"]), (3, 7, 32))
+        self.assertEqual(record["hparam_bc"], "Walker2d-v4-bc-large")
+        self.assertEqual(record["bc_config"]["learning_rate"], self.cfg.learning_rate)
+        self.assertNotIn("eval_episodes", record["bc_config"])  # evaluation, not training
+        self.assertEqual(record["data"], [{"name": "expert-v0", "source": "minari",
+                                           "sha256": "ab" * 32}])
+        # A generated dataset is the same Minari dataset on the next run.
+        again = bc.settings_record(settings(epochs=7, seed=3, batch_size=32),
+                                   "Walker2d-v4-bc-large", self.cfg,
+                                   [{**self.PROVENANCE[0], "source": "minari"}])
+        self.assertEqual(checkpoints.settings_differences(record, again), [])
+
+    def test_written_atomically_read_back_and_archived(self):
+        record = bc.settings_record(settings(), "k", self.cfg, self.PROVENANCE)
+        self.ckpt_dir.mkdir(parents=True)
+        path = bc.write_settings(self.ckpt_dir, "expert-v0", record)
+        self.assertEqual(path.name, "expert-v0_bc_settings.json")
+        self.assertEqual(bc.read_settings(self.ckpt_dir, "expert-v0"), record)
+        self.assertNoTempFiles(self.work)
+        path.write_text("{not json")
+        with self.assertWarnsRegex(UserWarning, "unreadable"):
+            self.assertIsNone(bc.read_settings(self.ckpt_dir, "expert-v0"))
+        path.write_text(json.dumps(record))
+        (self.ckpt_dir / "expert-v0_metrics.csv").write_text(HEADER + "\n")
+        dest = bc.archive_previous(self.ckpt_dir, "expert-v0")
+        self.assertTrue((dest / "expert-v0_bc_settings.json").exists())
+        self.assertIsNone(bc.read_settings(self.ckpt_dir, "expert-v0"))
+
+    def test_differences_name_field_and_both_values(self):
+        old = bc.settings_record(settings(seed=1), "k", self.cfg, self.PROVENANCE)
+        new = bc.settings_record(settings(seed=7, epochs=50), "k", self.cfg,
+                                 [{**self.PROVENANCE[0], "sha256": "cd" * 32}])
+        diffs = checkpoints.settings_differences(old, new)
+        self.assertIn("seed: 1 -> 7", diffs)
+        self.assertIn("epochs: 3 -> 50", diffs)
+        self.assertTrue(any(d.startswith("data:") and "cd" * 32 in d for d in diffs), diffs)
+        self.assertEqual(len(diffs), 3)
+        cfg2 = self.cfg.model_copy(update={"learning_rate": 0.5})
+        diffs = checkpoints.settings_differences(old, bc.settings_record(
+            settings(seed=1), "k", cfg2, self.PROVENANCE))
+        self.assertEqual(diffs, [f"bc_config.learning_rate: {self.cfg.learning_rate!r} -> 0.5"])
+        self.assertIn("no record", checkpoints.settings_differences(None, new)[0])
+
+
+class TestMetricsCsvConcurrentAppends(BCTestCase):
+    def test_three_processes_lose_no_row(self):
+        """Was a bug: an unlocked read-modify-write kept 317 of 600 rows."""
+        path = self.work / "m_metrics.csv"
+        code = textwrap.dedent(f"""
+            import sys; sys.path.insert(0, {str(HERE)!r})
+            from pathlib import Path
+            import bc
+            for i in range(60):
+                bc._append_metrics_row(Path({str(path)!r}), int(sys.argv[1]) * 1000 + i, 0.5, 0.25)
+        """)
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(k)]) for k in range(3)]
+        for proc in procs:
+            self.assertEqual(proc.wait(timeout=300), 0)
+        rows = read_csv(path)
+        self.assertEqual(sorted(r[0] for r in rows),
+                         sorted(k * 1000 + i for k in range(3) for i in range(60)))
+        # each writer's rows stay in its own order
+        for k in range(3):
+            mine = [r[0] for r in rows if r[0] // 1000 == k]
+            self.assertEqual(mine, sorted(mine))
 
 
 if __name__ == "__main__":

@@ -406,10 +406,13 @@ class GenerationTest(_Base):
         finally:
             self.assertNoPartialMinari(dataset_id)
 
-    # Regression (was a bug): offline_data.py _load_minari (line ~151): episodes of different obs/action shapes in
-    # one Minari dataset (which write_minari_dataset lets through, see above) crash
-    # np.concatenate with a raw ValueError instead of a PipelineError.
+    # Regression (was a bug): offline_data.py _load_minari: episodes of different obs/action
+    # shapes in one Minari dataset crashed np.concatenate with a raw ValueError. Our writer
+    # now refuses such buffers, so the dataset is written with Minari's own function (which
+    # checks nothing), as any other tool could have written it.
     def test_minari_episodes_with_different_shapes_is_a_pipeline_error(self):
+        import gymnasium as gym
+        import minari
         from minari.data_collector import EpisodeBuffer
 
         good = collect_episodes("Walker2d-v4", self.policy, 2, seed=0, progress=False)
@@ -417,13 +420,15 @@ class GenerationTest(_Base):
                             actions=good[1].actions, rewards=good[1].rewards,
                             terminations=good[1].terminations, truncations=good[1].truncations,
                             infos={})
-        try:
-            write_minari_dataset("mujoco/walker2d/mixed-v0", [good[0], odd], "Walker2d-v4", None,
-                                 None, "test", "test")
-        except PipelineError:
-            return  # the writer was fixed to reject it: nothing reaches the loader
-        with self.assertRaises(PipelineError):
+        env = gym.make("Walker2d-v4")
+        minari.create_dataset_from_buffers(
+            dataset_id="mujoco/walker2d/mixed-v0", buffer=[good[0], odd], env=env,
+            algorithm_name="test", author="test", author_email="test@example.com",
+            code_permalink="test", ref_min_score=0.0, ref_max_score=1.0, description="test")
+        self.assertTrue((minari_root() / "mujoco/walker2d/mixed-v0/data").exists())  # premise
+        with self.assertRaises(PipelineError) as cm:
             load_offline_data("mujoco", "walker2d", ["mixed-v0"], "Walker2d-v4")
+        self.assertIn("episode 1 has obs/action shapes (5,)", str(cm.exception))
 
     def test_cli_writes_a_dataset_minari_opens(self):
         import minari

@@ -148,5 +148,12 @@ class QuickStartFullBudget(IsolatedTestCase):
         self.assertGreaterEqual(entry["hybrid_timesteps"], 200_000)
 
 
+def load_tests(loader, standard_tests, pattern):
+    """`python test_pipeline_integration.py` also runs test_reliability.py (pytest collects
+    that file on its own and ignores load_tests)."""
+    standard_tests.addTests(loader.loadTestsFromName("test_reliability"))
+    return standard_tests
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -166,7 +166,7 @@ class TestKilledWriter(_TmpDirCase):
             import os, signal, run_log
             def die(*args, **kwargs):
                 os.kill(os.getpid(), signal.SIGKILL)
-            run_log.os.replace = die
+            os.replace = die  # atomic_file's rename, run_log's writer
             run_log.append_run({{"run": "doomed"}}, {str(self.log)!r}, lock_timeout_s=5)
             print("NOT KILLED")
         """, self.dir)
@@ -180,8 +180,8 @@ class TestKilledWriter(_TmpDirCase):
     def test_killed_mid_write_of_temp_file(self):
         before = self._prime()
         res = _run_child(f"""
-            import os, signal, run_log
-            real_mkstemp, real_write = run_log.tempfile.mkstemp, os.write
+            import os, signal, tempfile, run_log
+            real_mkstemp, real_write = tempfile.mkstemp, os.write
             temp_fds = set()
             def mkstemp(*args, **kwargs):
                 fd, name = real_mkstemp(*args, **kwargs)
@@ -192,8 +192,8 @@ class TestKilledWriter(_TmpDirCase):
                     real_write(fd, bytes(data[: len(data) // 2]))
                     os.kill(os.getpid(), signal.SIGKILL)
                 return real_write(fd, data)
-            run_log.tempfile.mkstemp = mkstemp
-            run_log.os.write = write
+            tempfile.mkstemp = mkstemp  # what atomic_file, run_log's writer, calls
+            os.write = write
             run_log.append_run({{"run": "doomed"}}, {str(self.log)!r}, lock_timeout_s=5)
             print("NOT KILLED")
         """, self.dir)

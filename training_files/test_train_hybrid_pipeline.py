@@ -15,8 +15,9 @@ import unittest
 from testing_utils import REPO_ROOT, IsolatedTestCase
 from train_hybrid_pipeline import build_parser
 
-UNIT_MODULES = ["test_cli_and_hparams", "test_offline_data", "test_bc_checkpoints",
-                "test_run_log", "test_vtrace", "test_hybrid_ppo", "test_finetuning"]
+UNIT_MODULES = ["test_cli_and_hparams", "test_bad_inputs", "test_offline_data",
+                "test_bc_checkpoints", "test_atomic_file", "test_run_log", "test_vtrace",
+                "test_hybrid_ppo", "test_finetuning"]
 QUICKSTART = REPO_ROOT / "docs" / "QUICKSTART.txt"
 
 

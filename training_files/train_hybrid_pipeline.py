@@ -1,19 +1,23 @@
 """BC on offline data -> best BC checkpoint -> hybrid PPO fine-tuning -> run log.
 
 The five steps of QUICKSTART's WORKFLOW, each one call into its own module:
-  1. checkpoints.should_train_bc   reuse or retrain (asks only on a terminal)
+  1. checkpoints.decide_bc         reuse or retrain (stored BC settings compared; asks only on a terminal)
   2. bc.train_bc                   checkpoints + <name>_metrics.csv
   3. checkpoints.find_best_checkpoint   lowest val_loss that loads
   4. hybrid_training.train_hybrid  HybridPPO from that checkpoint, V-trace on offline data
   5. run_log.append_run            logs/pipeline_runs.json
-Every mistake a user can cause ends as one line on stderr and a non-zero exit.
+Every mistake a user can cause ends as one line on stderr and a non-zero exit; every output
+location is checked (preflight.py) before any data is generated or anything trained.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -51,19 +55,39 @@ non_negative_float = _typed(float, lambda v: 0 <= v < float("inf"), "a non-negat
 unit_float = _typed(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 seed_int = _typed(int, lambda v: 0 <= v < 2**32 - 20_000, "a seed between 0 and 4294947295")
 finite_float = _typed(float, lambda v: abs(v) < float("inf"), "a finite number")
+# --dataset/--env/--names become path parts (checkpoints, TensorBoard, Minari ids, D4RL file
+# names): a slash or '..' would read and write outside those folders. '+' joins several
+# names into one checkpoint name, so it is refused inside a name.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def plain_name(text: str) -> str:
+    if not _PLAIN_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain name (letters, digits and -_. only, starting with a "
+            "letter or digit)")
+    return text
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line (its default prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="train_hybrid_pipeline.py",
         description="Train BC on an offline MuJoCo dataset, pick the best BC checkpoint by "
                     "validation loss, fine-tune it online with HybridPPO (PPO + offline data "
                     "with V-trace), and append the run to logs/pipeline_runs.json.",
         epilog="See README.md and docs/QUICKSTART.txt for the workflow and outputs.")
     req = p.add_argument_group("required")
-    req.add_argument("--dataset", required=True, help="Dataset type (e.g., mujoco)")
-    req.add_argument("--env", required=True, help="Environment name (e.g., walker2d, humanoid, ant)")
-    req.add_argument("--names", required=True, nargs="+",
+    req.add_argument("--dataset", required=True, type=plain_name, help="Dataset type (e.g., mujoco)")
+    req.add_argument("--env", required=True, type=plain_name,
+                     help="Environment name (e.g., walker2d, humanoid, ant)")
+    req.add_argument("--names", required=True, nargs="+", type=plain_name,
                      help="Dataset variant names (e.g., expert-v0 expert-v1); several are "
                           "concatenated with episode boundaries kept")
     req.add_argument("--hparam_bc", required=True, help="Hparam key for BC training (e.g., Walker2d-v4-bc-large)")
@@ -175,21 +199,19 @@ def _start_wandb(args, config: dict):
         raise PipelineError(f"W&B could not start ({exc}); set WANDB_MODE=offline or drop --wandb") from exc
 
 
-def _check_writable(path: Path) -> None:
-    """Fail before hours of training, not at the final save."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise PipelineError(f"Cannot write the hybrid model to {path}: {exc.strerror}") from exc
+def tensorboard_dir(args, save_file: Path) -> Path:
+    return Path("tb_test") / "hybrid" / args.dataset / args.env / save_file.stem
 
 
 # ------------------------------------------------------------------------------ pipeline
 
 def run_pipeline(args, entry: dict) -> dict:
     """The WORKFLOW proper; fills `entry` as it goes so a failure still logs what happened."""
+    import preflight
+
+    save_file = Path(entry["save_file"])
+    preflight.check_outputs(save_file, args.bc_checkpoint_dir / args.dataset / args.env,
+                            tensorboard_dir(args, save_file))
     from hparams import DEFAULT_HPARAM_FILE, load_hparams
 
     bc_cfg, hybrid_cfg = load_hparams(args.hparam_bc, args.hparam_hybrid,
@@ -210,9 +232,11 @@ def run_pipeline(args, entry: dict) -> dict:
     from evaluation import TEST_SEED_OFFSET, evaluate
     from hparams import env_entries
     from hybrid_training import HybridSettings, test_evaluation, train_hybrid
+    from atomic_file import replace_atomically
     from offline_data import load_offline_data
 
     set_random_seed(args.seed)
+    entry["stage"] = "data"
     seconds = entry["seconds"] = {}  # wall time per stage
     clock = time.perf_counter()
     candidates = env_entries(args.hparam_file or DEFAULT_HPARAM_FILE)
@@ -228,34 +252,45 @@ def run_pipeline(args, entry: dict) -> dict:
           f"mean episode return {data.episode_returns.mean():.1f}; normalised scores use "
           f"{data.ref_scores_source}")
 
-    # 1-2. BC
+    # 1-2. BC, and 3. selection, under a lock per (dataset, env, names): a concurrent run
+    # must never retrain, archive or half-write the checkpoint this one is about to load.
+    entry["stage"] = "bc"
     ckpt_dir = bc.checkpoint_dir(args.bc_checkpoint_dir, args.dataset, args.env)
     name = bc.run_name(args.names)
-    if checkpoints.should_train_bc(ckpt_dir, name, args.skip_bc, args.force_bc_retrain):
-        moved = bc.archive_previous(ckpt_dir, name) if ckpt_dir.is_dir() else None
-        if moved:
-            print(f"Earlier BC checkpoints of {name} moved to {moved}")
-        settings = bc.BCSettings(args.num_bc_epochs, args.bc_batch_size, args.log_interval,
-                                 args.save_every_epochs, args.seed, device)
-        clock = time.perf_counter()
-        bc.train_bc(data, bc_cfg, settings, ckpt_dir, name, progress=not args.no_progress)
-        seconds["bc_training"] = round(time.perf_counter() - clock, 2)
-        entry["bc_trained"] = True
-    else:
-        entry["bc_trained"] = False
-
-    # 3. selection
-    best = checkpoints.find_best_checkpoint(ckpt_dir, name)
+    bc_settings = bc.BCSettings(args.num_bc_epochs, args.bc_batch_size, args.log_interval,
+                                args.save_every_epochs, args.seed, device)
+    wanted = bc.settings_record(bc_settings, args.hparam_bc, bc_cfg, data.provenance)
+    entry["bc_settings"] = wanted
+    tb_dir = tensorboard_dir(args, save_file)
+    with bc.checkpoint_lock(args.bc_checkpoint_dir, args.dataset, args.env, name):
+        decision = checkpoints.decide_bc(ckpt_dir, name, wanted, args.skip_bc,
+                                         args.force_bc_retrain)
+        entry["bc_decision"] = decision.as_log()
+        if decision.train:
+            moved = bc.archive_previous(ckpt_dir, name) if ckpt_dir.is_dir() else None
+            if moved:
+                print(f"Earlier BC checkpoints of {name} moved to {moved}")
+            clock = time.perf_counter()
+            bc.train_bc(data, bc_cfg, bc_settings, ckpt_dir, name, progress=not args.no_progress)
+            seconds["bc_training"] = round(time.perf_counter() - clock, 2)
+            bc.write_settings(ckpt_dir, name, wanted)
+        entry["bc_trained"] = decision.train
+        best = checkpoints.find_best_checkpoint(ckpt_dir, name)
+        # This run loads its own copy (kept with the run's TensorBoard files): once the lock
+        # is released another run may move the original to superseded/.
+        tb_dir.mkdir(parents=True, exist_ok=True)
+        bc_zip = replace_atomically(tb_dir / "bc_start.zip",
+                                    lambda tmp: shutil.copyfile(best.path, tmp))
     entry["bc"] = {"best_checkpoint": str(best.path), "val_loss": best.val_loss,
                    "train_loss": best.train_loss, "best_epoch": best.epoch,
-                   "epochs": best.epochs_trained}
+                   "epochs": best.epochs_trained, "loaded_copy": str(bc_zip)}
     print(f"Best BC checkpoint: {best.path} (epoch {best.epoch}, val_loss {best.val_loss:.4f})")
     if bc_cfg.eval_episodes > 0:
         from stable_baselines3 import PPO
 
         # On the test seeds: with as many episodes as the final test, this is BC's test score.
         clock = time.perf_counter()
-        bc_eval = evaluate(PPO.load(best.path, device=device), bc_cfg.env_id, bc_cfg.env_kwargs,
+        bc_eval = evaluate(PPO.load(bc_zip, device=device), bc_cfg.env_id, bc_cfg.env_kwargs,
                            bc_cfg.eval_episodes, args.seed + TEST_SEED_OFFSET, data.ref_scores,
                            float32_obs=device == "mps")
         entry["bc"]["eval"] = bc_eval
@@ -263,12 +298,10 @@ def run_pipeline(args, entry: dict) -> dict:
         print(f"BC policy: {_describe(bc_eval)}")
 
     # 4. hybrid PPO
-    save_file = Path(entry["save_file"])
-    _check_writable(save_file)
+    entry["stage"] = "hybrid"
     if args.mix_ratio == 0 and args.bc_coeff > 0:
         print(f"Note: --mix_ratio 0 puts no offline samples in the updates, so --bc_coeff "
               f"{args.bc_coeff} has no effect")
-    tb_dir = Path("tb_test") / "hybrid" / args.dataset / args.env / save_file.stem
     settings = HybridSettings(args.mix_ratio, args.rho_bar, args.c_bar, args.bc_coeff,
                               args.warm_start_steps, args.log_std_subtract, args.seed, device,
                               args.total_timesteps or hybrid_cfg.total_timesteps, save_file, tb_dir)
@@ -284,7 +317,7 @@ def run_pipeline(args, entry: dict) -> dict:
         print(f"  eval @ {ev['timesteps']} steps: {_describe(ev)}", flush=True)
 
     try:
-        result = train_hybrid(data, best.path, hybrid_cfg, settings,
+        result = train_hybrid(data, bc_zip, hybrid_cfg, settings,
                               progress=not args.no_progress, on_eval=report)
     finally:
         if run is not None:
@@ -293,6 +326,9 @@ def run_pipeline(args, entry: dict) -> dict:
                  hybrid_timesteps=result.timesteps, final_eval=result.final_eval,
                  best_eval=result.best_eval, warmup=result.warmup, evaluations=result.evaluations)
     seconds.update(result.seconds)
+    if result.save_error:
+        entry["hybrid_save_error"] = result.save_error
+        raise PipelineError(result.save_error)
     print(f"Saved hybrid PPO model to {result.save_file} after {result.timesteps} steps; "
           f"best by periodic evaluation ({result.best_source}, step {result.best_eval['timesteps']}): "
           f"{result.best_file}")
@@ -305,8 +341,11 @@ def run_pipeline(args, entry: dict) -> dict:
     entry["final_test_eval"] = final_test = test(result.save_file)
     bc_eval = entry["bc"].get("eval")
     entry["bc"]["test_eval"] = (bc_eval if bc_eval and bc_eval["episodes"] == hybrid_cfg.test_episodes
-                                else test(best.path))
-    chosen_test = final_test if result.best_source == "final" else test(result.best_file)
+                                else test(bc_zip))
+    # Source "bc": the kept model holds BC's actor unchanged (the critic alone was warmed up),
+    # so its deterministic test episodes are BC's, already measured.
+    chosen_test = {"final": final_test, "bc": entry["bc"]["test_eval"]}.get(result.best_source) \
+        or test(result.best_file)
     chosen = result.save_file if result.best_source == "final" else result.best_file
     entry["result"] = {"model": str(chosen), "source": result.best_source, "test_eval": chosen_test}
     seconds["test_evaluation"] = round(time.perf_counter() - clock, 2)
@@ -329,6 +368,22 @@ def print_result(entry: dict) -> None:
     print(f"Use this model: {result['model']} ({result['source']}): {_describe(result['test_eval'])}")
 
 
+def _interrupted_message(entry: dict) -> str:
+    """Say what Ctrl-C kept, by how far the run got (nothing is trained while data load)."""
+    logged = "run logged as 'interrupted'"
+    stage = entry.get("stage")
+    if "hybrid_save_file" in entry:
+        return f"Interrupted: what was trained is saved ({entry['hybrid_save_file']}); {logged}"
+    if stage == "hybrid":
+        return (f"Interrupted before hybrid PPO trained: no hybrid model saved; BC checkpoints "
+                f"are kept; {logged}")
+    if stage == "bc":
+        return (f"Interrupted during BC: checkpoints saved so far are kept, no hybrid model was "
+                f"trained; {logged}")
+    return (f"Interrupted before any training: nothing was trained or saved (a dataset being "
+            f"generated is discarded); {logged}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.time()
@@ -337,7 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     entry = {"time": stamp.isoformat(timespec="seconds"), "argv": sys.argv[:1] + (argv or sys.argv[1:]),
              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
              "save_file": str(save_file), "status": "running"}
-    code = 0
+    try:
+        from preflight import check_log_file
+
+        check_log_file(args.log_file)  # nowhere to log this failure: one line, nothing else
+    except PipelineError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    code, message = 0, None
     try:
         run_pipeline(args, entry)
         entry["status"] = "ok"
@@ -345,31 +407,59 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc)
         if not message.startswith(("ERROR:", "Pipeline failed:")):
             message = f"ERROR: {message}"
-        print(message, file=sys.stderr)
         entry.update(status="failed", error=message)
         code = EXIT_ERROR
     except KeyboardInterrupt:
-        print("Interrupted: what was trained is saved; run logged as 'interrupted'", file=sys.stderr)
+        message = _interrupted_message(entry)
         entry["status"] = "interrupted"
         code = EXIT_INTERRUPTED
     except Exception as exc:  # a bug, not bad input: log it, then show the traceback
         entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         _log(args, entry, started)
         raise
-    _log(args, entry, started)
-    if entry.get("result"):
+    log_problem = _log(args, entry, started)
+    if log_problem:  # the run's own outcome and the log's failure share the one line
+        message = f"{message}; {log_problem}" if message else f"ERROR: {log_problem}"
+        code = code or EXIT_ERROR
+    if message:
+        print(message, file=sys.stderr)
+    if entry.get("result") and not message:
         print_result(entry)
     return code
 
 
-def _log(args, entry: dict, started: float) -> None:
-    from run_log import append_run
-
+def _log(args, entry: dict, started: float) -> str | None:
+    """Append the entry to the run log; if that fails, keep it elsewhere and say where."""
     entry.update(wall_time_s=round(time.time() - started, 1), git_commit=_git_commit(),
                  versions=_versions(), host={"platform": platform.platform(),
                                              "cpus": os.cpu_count()})
-    path = append_run(entry, args.log_file)
+    from filelock import Timeout
+
+    from run_log import append_run
+
+    try:
+        path = append_run(entry, args.log_file)
+    except (OSError, Timeout) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return f"the run log {args.log_file} could not be written ({reason}); {_log_fallback(entry)}"
     print(f"Run logged to {path} (status: {entry['status']})")
+    return None
+
+
+def _log_fallback(entry: dict) -> str:
+    """The entry as its own one-run log in the temp dir, else printed on stdout."""
+    import tempfile
+
+    from run_log import append_run
+
+    name = f"pipeline_run_{entry['time'].replace(':', '')}_{os.getpid()}.json"
+    for folder in (Path(tempfile.gettempdir()), Path.cwd()):
+        try:
+            return f"this run's entry was written to {append_run(entry, folder / name)}"
+        except OSError:
+            continue
+    print(json.dumps(entry, default=str))
+    return "this run's entry was printed on stdout"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""Real commands in the situations of issue 13: a terminal prompt on a real pseudo-terminal,
+three pipelines at once on the same names, output locations that break during a run, Ctrl-C
+while a dataset is generated. Each runs the real entry script on tiny data in a temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import unittest
+from pathlib import Path
+
+from testing_utils import (ENTRY_SCRIPT, TRAINING_FILES, IsolatedTestCase, write_hparam_file,
+                           write_tiny_minari)
+
+BASE = ["--dataset", "mujoco", "--env", "walker2d", "--hparam_bc", "Walker2d-v4-bc-large",
+        "--hparam_hybrid", "Walker2d-v4-hybrid", "--no_progress"]
+PROMPT = b"[r]euse or re[t]rain?"
+CKPT_DIR = Path("bc_checkpoints/mujoco/walker2d")
+
+
+class _Case(IsolatedTestCase):
+    def setUp(self):
+        super().setUp()
+        self.hparams = write_hparam_file(self.work / "hparam.yml")
+        self.small = ["--hparam_file", str(self.hparams), "--num_bc_epochs", "2",
+                      "--save_every_epochs", "1"]
+        os.environ["PYTHONUNBUFFERED"] = "1"  # see each line as it is printed
+        (self.tmp / "tmpdir").mkdir()
+        os.environ["TMPDIR"] = str(self.tmp / "tmpdir")  # fallbacks land in the test's folder
+        self.addCleanup(os.environ.pop, "PYTHONUNBUFFERED", None)
+        self.addCleanup(os.environ.pop, "TMPDIR", None)
+
+    def log(self, path: str = "logs/pipeline_runs.json") -> list[dict]:
+        return json.loads((self.work / path).read_text())
+
+    def assertOk(self, proc):
+        self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
+        self.assertNotIn("Traceback", proc.stderr)
+
+    def assertOneLine(self, stderr: str, code: int, rc: int) -> str:
+        """The outcome is one line, the last on stderr (progress bars and library warnings
+        of the work done before may precede it)."""
+        self.assertEqual(rc, code, stderr)
+        self.assertNotIn("Traceback", stderr)
+        lines = stderr.strip().splitlines()
+        outcome = [ln for ln in lines if ln.startswith(("ERROR", "Interrupted", "Pipeline failed"))]
+        self.assertEqual(outcome, lines[-1:], stderr)
+        return lines[-1]
+
+
+class PromptOnARealTerminal(_Case):
+    """stdin is a pseudo-terminal: the script asks; Ctrl-D, answers, differing settings."""
+
+    def run_on_pty(self, *args: str, keys: bytes, timeout: float = 300):
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([sys.executable, str(ENTRY_SCRIPT), *BASE, *self.small, *args],
+                                cwd=self.work, stdin=slave, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=os.environ.copy())
+        os.close(slave)
+        out, deadline = b"", time.time() + timeout
+        try:
+            while PROMPT not in out:
+                ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.time()))
+                chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+                if not chunk:
+                    self.fail(f"no prompt; output so far: {out.decode()[-2000:]}")
+                out += chunk
+            os.write(master, keys)
+            rest, err = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+        return proc.returncode, (out + rest).decode(), err.decode()
+
+    def test_prompt_ctrl_d_answers_and_other_settings(self):
+        write_tiny_minari("mujoco/walker2d/expert-v0", episodes=3, seed=0)
+        first = self.run_cli(*BASE, *self.small, "--names", "expert-v0", "--seed", "42",
+                             "--save_file", "first.zip")
+        self.assertOk(first)
+        self.assertTrue((CKPT_DIR / "expert-v0_bc_settings.json").exists())
+
+        # Ctrl-D at the prompt: one line, exit 1, logged as failed, nothing retrained.
+        rc, out, err = self.run_on_pty("--names", "expert-v0", "--seed", "42",
+                                       "--save_file", "second.zip", keys=b"\x04")
+        line = self.assertOneLine(err, 1, rc)
+        self.assertIn("No answer at the reuse/retrain prompt", line)
+        self.assertNotIn("other settings", out)
+        self.assertEqual(self.log()[-1]["status"], "failed")
+
+        # Other settings on a terminal: the difference is shown before the question.
+        rc, out, err = self.run_on_pty("--names", "expert-v0", "--seed", "7",
+                                       "--save_file", "third.zip", keys=b"\x04")
+        self.assertOneLine(err, 1, rc)
+        self.assertIn("trained with other settings", out)
+        self.assertIn("seed: 42 -> 7", out)
+        self.assertLess(out.index("seed: 42 -> 7"), out.index(PROMPT.decode()))
+
+        # Answering r reuses them, and the log says so with the difference.
+        rows_before = (CKPT_DIR / "expert-v0_metrics.csv").read_text()
+        rc, out, err = self.run_on_pty("--names", "expert-v0", "--seed", "7",
+                                       "--save_file", "fourth.zip", keys=b"r\n")
+        self.assertEqual(rc, 0, out[-2000:] + err[-2000:])
+        entry = self.log()[-1]
+        self.assertEqual(entry["status"], "ok")
+        self.assertFalse(entry["bc_trained"])
+        self.assertEqual(entry["bc_decision"]["reason"], "reuse (answered at the prompt)")
+        self.assertIn("seed: 42 -> 7", entry["bc_decision"]["differences"])
+        self.assertEqual((CKPT_DIR / "expert-v0_metrics.csv").read_text(), rows_before)
+
+        # Without a terminal the same request retrains, archives, and says why.
+        proc = self.run_cli(*BASE, *self.small, "--names", "expert-v0", "--seed", "7",
+                            "--save_file", "fifth.zip")
+        self.assertOk(proc)
+        self.assertIn("trained with other settings (seed: 42 -> 7)", proc.stdout)
+        entry = self.log()[-1]
+        self.assertTrue(entry["bc_trained"])
+        self.assertEqual(entry["bc_settings"]["seed"], 7)
+        self.assertTrue(list((CKPT_DIR / "superseded").glob("expert-v0_*/expert-v0_bc_settings.json")))
+        stored = json.loads((CKPT_DIR / "expert-v0_bc_settings.json").read_text())
+        self.assertEqual(stored["seed"], 7)
+        # ... after which the same request reuses.
+        proc = self.run_cli(*BASE, *self.small, "--names", "expert-v0", "--seed", "7",
+                            "--save_file", "sixth.zip")
+        self.assertOk(proc)
+        self.assertIn("stdin is not a terminal, reusing", proc.stdout)
+        self.assertFalse(self.log()[-1]["bc_trained"])
+
+
+# A real CLI process whose bundled expert-v0 recipe is shrunk to 2 episodes (config, not
+# logic: the committed expert policy rolls them out as it would 100).
+_TINY_GENERATION = textwrap.dedent("""
+    import dataclasses, sys
+    sys.path.insert(0, {training_files!r})
+    import collect_dataset
+    key = ("mujoco", "walker2d", "expert-v0")
+    collect_dataset.BUNDLED[key] = dataclasses.replace(collect_dataset.BUNDLED[key], episodes=2)
+    import train_hybrid_pipeline
+    sys.exit(train_hybrid_pipeline.main(sys.argv[1:]))
+""").format(training_files=str(TRAINING_FILES))
+
+
+class ConcurrentRuns(_Case):
+    def test_three_pipelines_on_the_same_names(self):
+        procs = [subprocess.Popen([sys.executable, "-c", _TINY_GENERATION, *BASE, *self.small,
+                                   "--names", "expert-v0", "--seed", "42",
+                                   "--total_timesteps", "128", "--save_file", f"run{i}.zip"],
+                                  cwd=self.work, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                  env=os.environ.copy())
+                 for i in range(3)]
+        results = [(p, *p.communicate(timeout=900)) for p in procs]
+        for proc, out, err in results:
+            self.assertEqual(proc.returncode, 0, out[-3000:] + err[-3000:])
+            self.assertNotIn("Traceback", err)
+        outs = "".join(out for _, out, _ in results)
+        self.assertEqual(outs.count("GENERATING offline dataset mujoco/walker2d/expert-v0"), 1)
+        runs = self.log()
+        self.assertEqual(len(runs), 3)
+        self.assertEqual([r["status"] for r in runs], ["ok"] * 3)
+        sources = sorted(r["dataset"]["sources"][0]["source"] for r in runs)
+        self.assertEqual(sources, ["generated", "minari", "minari"])
+        # BC trained once; the CSV has exactly that run's rows, every checkpoint it names exists.
+        self.assertEqual(sum(r["bc_trained"] for r in runs), 1)
+        rows = (CKPT_DIR / "expert-v0_metrics.csv").read_text().splitlines()
+        self.assertEqual([r.split(",")[0] for r in rows[1:]], ["1", "2"])
+        self.assertEqual(len({r["bc"]["best_checkpoint"] for r in runs}), 1)
+        self.assertEqual(len(list(CKPT_DIR.glob("expert-v0_epoch*.zip"))), 2)
+        self.assertFalse((CKPT_DIR / "superseded").exists())
+        for i in range(3):
+            self.assertTrue((self.work / f"run{i}.zip").exists())
+
+
+class LateFailures(_Case):
+    def test_save_and_log_locations_broken_during_the_run_lose_nothing(self):
+        """Both checked at the start; then the folders are replaced by files mid-run."""
+        write_tiny_minari("mujoco/walker2d/expert-v0", episodes=3, seed=0)
+        (self.work / "out").mkdir()
+        (self.work / "runlogs").mkdir()
+        proc = subprocess.Popen(
+            [sys.executable, str(ENTRY_SCRIPT), *BASE, *self.small, "--names", "expert-v0",
+             "--seed", "42", "--save_file", "out/model.zip", "--log_file", "runlogs/runs.json",
+             "--total_timesteps", "2048"],
+            cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL, env=os.environ.copy())
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("Hybrid PPO:"):
+                for folder in ("out", "runlogs"):
+                    shutil.rmtree(self.work / folder)
+                    (self.work / folder).write_text("now a file")
+                break
+        out, err = proc.communicate(timeout=600)
+        line = self.assertOneLine(err, 1, proc.returncode)
+        self.assertIn("could not save the hybrid model to out/model.zip", line)
+        self.assertIn("could not be written", line)
+        fallback_model = Path(line.split("it was saved to ")[1].split(" instead")[0])
+        fallback_log = Path(line.split("entry was written to ")[1])
+        self.assertEqual(fallback_model.parent, self.tmp / "tmpdir")
+        from stable_baselines3 import PPO
+
+        PPO.load(fallback_model, device="cpu")  # the trained model, whole
+        (entry,) = json.loads(fallback_log.read_text())
+        self.assertEqual(entry["status"], "failed")
+        self.assertEqual(entry["hybrid_save_file"], str(fallback_model))
+        self.assertEqual(entry["hybrid_timesteps"], 2048)
+        self.assertIn("could not save", entry["error"])
+
+
+class InterruptDuringGeneration(_Case):
+    def test_ctrl_c_while_generating_says_nothing_was_trained(self):
+        proc = subprocess.Popen(
+            [sys.executable, str(ENTRY_SCRIPT), *BASE, *self.small, "--names", "expert-v0",
+             "--seed", "42", "--save_file", "never.zip"],
+            cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL, env=os.environ.copy())
+        for line in proc.stdout:
+            if line.startswith("GENERATING offline dataset"):
+                break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        line = self.assertOneLine(err, 130, proc.returncode)
+        self.assertNotIn("what was trained is saved", line)
+        self.assertIn("nothing was trained", line)
+        (entry,) = self.log()
+        self.assertEqual((entry["status"], entry["stage"]), ("interrupted", "data"))
+        root = Path(os.environ["MINARI_DATASETS_PATH"])
+        self.assertFalse((root / "mujoco/walker2d/expert-v0").exists())
+        self.assertEqual(list(root.glob(".staging-*")), [])
+        self.assertFalse((self.work / "never.zip").exists())
+
+
+if __name__ == "__main__":
+    unittest.main()
