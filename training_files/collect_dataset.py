@@ -3,6 +3,8 @@
 The bundled walker2d datasets are made this way from the reference policies in
 `reference_policies/`, so the Quick Start runs on a fresh clone. Observations are recorded raw;
 the policy sees them through its frozen VecNormalize statistics, as it did in training.
+Several envs are stepped together with batched inference; each episode has its own seed, so a
+seed (and the number of envs, see `collect_episodes`) gives byte-identical data.
 Minari's DataCollector needs jax, so episodes are built as `EpisodeBuffer`s and written with
 `minari.create_dataset_from_buffers`, into a temporary root first and then moved into place,
 because a failed create leaves a partial folder that would block the next attempt.
@@ -10,7 +12,7 @@ because a failed create leaves a partial folder that would block the next attemp
 Usage:
   python training_files/collect_dataset.py --env_id Walker2d-v4 \
       --policy reference_policies/walker2d/expert.zip --episodes 100 --seed 0 \
-      --name mujoco/walker2d/expert-v0
+      --name mujoco/walker2d/expert-v0 --deterministic
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
@@ -44,6 +46,11 @@ D4RL_REF_SCORES = {
     "ant": (-325.6, 3879.7),
 }
 
+# Envs stepped together during collection. 8 was measured fastest here (README); it is part of
+# a dataset's recipe, because the policy's actions can differ in the last bit between batch
+# sizes.
+DEFAULT_N_ENVS = 8
+
 
 @dataclass(frozen=True)
 class BundledRecipe:
@@ -55,6 +62,7 @@ class BundledRecipe:
     episodes: int = 100
     deterministic: bool = False
     action_noise: float = 0.0
+    n_envs: int = DEFAULT_N_ENVS  # part of the recipe: see collect_episodes
 
 
 # expert-v0 and expert-v1 are two collections of the same expert with different seeds. The
@@ -76,62 +84,139 @@ def minari_root() -> Path:
     return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
 
 
-def _load_policy(policy_path: Path, env: gym.Env):
+def _load_policy(policy_path: Path, env_id: str, env_kwargs: dict | None):
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     if not policy_path.exists():
         raise PipelineError(f"Policy file not found: {policy_path}")
     model = PPO.load(policy_path, device="cpu")
+    model.policy.set_training_mode(False)
     stats = policy_path.with_name(policy_path.stem + "_vecnormalize.pkl")
     normalizer = None
     if stats.exists():
-        normalizer = VecNormalize.load(str(stats), DummyVecEnv([lambda: env]))
+        # VecNormalize only holds the frozen statistics here (its env checks the spaces); the
+        # episodes are stepped in a gymnasium vector env, which can reset one slot with its
+        # own seed.
+        normalizer = VecNormalize.load(str(stats),
+                                       DummyVecEnv([lambda: gym.make(env_id, **(env_kwargs or {}))]))
         normalizer.training = False
+        normalizer.venv.close()
     return model, normalizer
+
+
+def episode_seeds(seed: int, episodes: int) -> list[np.random.SeedSequence]:
+    """Episode k's own seed sequence: spawned children do not depend on how many are spawned.
+
+    Not seed+k: the expert-v0 (seed 0) and expert-v1 (seed 1) recipes would then share 99 of
+    their 100 episodes.
+    """
+    return np.random.SeedSequence(seed).spawn(episodes)
+
+
+@dataclass
+class _Recording:
+    """One episode being recorded in one slot of the vector env."""
+
+    episode: int
+    observations: list
+    actions: list = field(default_factory=list)
+    rewards: list = field(default_factory=list)
+    terminations: list = field(default_factory=list)
+    truncations: list = field(default_factory=list)
 
 
 def collect_episodes(env_id: str, policy_path: Path, episodes: int, seed: int,
                      env_kwargs: dict | None = None, deterministic: bool = False,
-                     action_noise: float = 0.0, progress: bool = True) -> list:
-    """Roll out the policy; returns minari EpisodeBuffers with raw observations (T+1 rows)."""
-    from minari.data_collector import EpisodeBuffer
+                     action_noise: float = 0.0, progress: bool = True,
+                     n_envs: int = DEFAULT_N_ENVS) -> list:
+    """Roll out the policy; returns minari EpisodeBuffers with raw observations (T+1 rows).
 
-    env = gym.make(env_id, **(env_kwargs or {}))
-    model, normalizer = _load_policy(Path(policy_path), env)
-    torch.manual_seed(seed)
-    model.policy.action_space.seed(seed)
-    noise_rng = np.random.default_rng(seed)
-    low, high = env.action_space.low, env.action_space.high
-    buffers = []
-    obs, _ = env.reset(seed=seed)
+    `n_envs` copies of the env are stepped together and the policy acts on all of them in one
+    batch: with one env, SB3's per-call inference overhead costs as much as MuJoCo itself.
+    Episode k is reset with its own seed, draws its action noise from its own generator
+    (`episode_seeds`) and is returned k-th whichever slot ran it, so a seed gives the same
+    bytes every time. The policy's actions can still differ in the last bit between batch sizes
+    (MKL picks its matmul kernel by batch size, measured here), so the data also depend on the
+    batch size, which is always min(n_envs, episodes): the bundled recipes fix `n_envs`. Slots
+    with no episode left run unrecorded episodes until the last recorded one ends.
+    """
+    from minari.data_collector import EpisodeBuffer
+    from stable_baselines3.common.distributions import DiagGaussianDistribution
+
+    if episodes <= 0 or n_envs <= 0:
+        raise PipelineError(f"episodes and n_envs must be positive (got {episodes}, {n_envs})")
+    model, normalizer = _load_policy(Path(policy_path), env_id, env_kwargs)
+    n_envs = min(n_envs, episodes)
+    sequences = episode_seeds(seed, episodes)
+    reset_seeds = [int(s.generate_state(1)[0]) for s in sequences]
+    noise_rngs = [np.random.default_rng(s) for s in sequences]
+    # Autoreset off, so that a finished slot is reset here with its next episode's seed.
+    envs = gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED},
+                        **(env_kwargs or {}))
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    act_dim = envs.single_action_space.shape[0]
+    pending = iter(range(episodes))  # a freed slot takes the lowest episode not yet started
+    slots: list[_Recording | None] = [None] * n_envs  # None: an unrecorded episode
+    buffers: list = [None] * episodes
+
+    def reset(indices: list[int]) -> np.ndarray:
+        mask = np.zeros(n_envs, dtype=bool)
+        mask[indices] = True
+        chosen = {i: next(pending, None) for i in indices}
+        obs, _ = envs.reset(seed=[None if chosen.get(i) is None else reset_seeds[chosen[i]]
+                                  for i in range(n_envs)], options={"reset_mask": mask})
+        for i, k in chosen.items():
+            slots[i] = None if k is None else _Recording(k, [obs[i]])
+        return obs
+
     bar = tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress)
-    for episode in range(episodes):
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        done = False
-        while not done:
+    try:
+        obs = reset(list(range(n_envs)))
+        while any(b is None for b in buffers):
             policy_obs = normalizer.normalize_obs(obs) if normalizer is not None else obs
-            action, _ = model.predict(policy_obs, deterministic=deterministic)
-            if action_noise > 0:
-                action = action + action_noise * noise_rng.standard_normal(action.shape)
+            with torch.no_grad():
+                dist = model.policy.get_distribution(model.policy.obs_to_tensor(policy_obs)[0])
+            action = dist.mode().numpy().astype(np.float64)
+            if not deterministic and not isinstance(dist, DiagGaussianDistribution):
+                raise PipelineError(f"{policy_path}: sampling actions needs a diagonal Gaussian "
+                                    f"policy, not {type(dist).__name__}")
+            for i, rec in enumerate(slots):
+                if rec is None:
+                    continue
+                # Noise from the episode's own generator, so it does not depend on which
+                # episodes run beside it (SB3 samples from torch's one global generator).
+                rng = noise_rngs[rec.episode]
+                if not deterministic:
+                    std = dist.distribution.stddev[i].numpy()
+                    action[i] += std * rng.standard_normal(act_dim)
+                if action_noise > 0:
+                    action[i] += action_noise * rng.standard_normal(act_dim)
             action = np.clip(action, low, high).astype(np.float32)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(float(reward))
-            terminations.append(bool(terminated))
-            truncations.append(bool(truncated))
-            done = terminated or truncated
-        buffers.append(EpisodeBuffer(
-            id=episode, seed=seed if episode == 0 else None,
-            observations=np.asarray(observations, dtype=np.float32),
-            actions=np.asarray(actions, dtype=np.float32), rewards=rewards,
-            terminations=terminations, truncations=truncations, infos={}))
-        bar.update(1)
-        bar.set_postfix(ret=f"{sum(rewards):.0f}")
-        obs, _ = env.reset()
-    bar.close()
-    env.close()
+            obs, rewards, terminated, truncated, _ = envs.step(action)
+            for i, rec in enumerate(slots):
+                if rec is None:
+                    continue
+                rec.observations.append(obs[i])
+                rec.actions.append(action[i])
+                rec.rewards.append(float(rewards[i]))
+                rec.terminations.append(bool(terminated[i]))
+                rec.truncations.append(bool(truncated[i]))
+                if terminated[i] or truncated[i]:
+                    buffers[rec.episode] = EpisodeBuffer(
+                        id=rec.episode, seed=reset_seeds[rec.episode],
+                        observations=np.asarray(rec.observations, dtype=np.float32),
+                        actions=np.asarray(rec.actions, dtype=np.float32), rewards=rec.rewards,
+                        terminations=rec.terminations, truncations=rec.truncations, infos={})
+                    bar.update(1)
+                    bar.set_postfix(ret=f"{sum(rec.rewards):.0f}")
+            finished = np.flatnonzero(terminated | truncated).tolist()
+            if finished and any(b is None for b in buffers):
+                obs = reset(finished)
+    finally:
+        bar.close()
+        envs.close()
     return buffers
 
 
@@ -210,15 +295,17 @@ def generate_bundled(dataset: str, env: str, name: str, progress: bool = True) -
     dataset_id = f"{dataset}/{env}/{name}"
     print(f"GENERATING offline dataset {dataset_id}: {recipe.episodes} episodes of the bundled "
           f"'{recipe.policy}' policy ({policy_path.relative_to(REPO_ROOT)}), seed {recipe.seed}, "
-          f"into {minari_root()}", flush=True)
+          f"{recipe.n_envs} envs at once, into {minari_root()}", flush=True)
     buffers = collect_episodes(recipe.env_id, policy_path, recipe.episodes, recipe.seed,
                                deterministic=recipe.deterministic,
-                               action_noise=recipe.action_noise, progress=progress)
+                               action_noise=recipe.action_noise, progress=progress,
+                               n_envs=recipe.n_envs)
     return write_minari_dataset(
         dataset_id, buffers, recipe.env_id, None, D4RL_REF_SCORES.get(env),
         algorithm_name=f"SB3 PPO reference policy '{recipe.policy}' (bundled)",
         description=f"Generated by collect_dataset.py from reference_policies/{env}/"
-                    f"{recipe.policy}.zip, seed {recipe.seed}, {recipe.episodes} episodes.")
+                    f"{recipe.policy}.zip, seed {recipe.seed}, {recipe.episodes} episodes, "
+                    f"{recipe.n_envs} envs stepped together.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,20 +322,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="std of Gaussian noise added to each action (default: 0)")
     parser.add_argument("--deterministic", action="store_true",
                         help="use the policy's mean action instead of sampling")
+    parser.add_argument("--n_envs", type=int, default=DEFAULT_N_ENVS,
+                        help="envs stepped together; part of what the data depend on "
+                             "(default: %(default)s)")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     try:
         if args.episodes <= 0:
             raise PipelineError("--episodes must be positive")
+        if args.n_envs <= 0:
+            raise PipelineError("--n_envs must be positive")
         if not re.fullmatch(r"([^/]+/)*[^/]+-v\d+", args.name):
             raise PipelineError(f"--name '{args.name}' must look like namespace/env/name-v<N>")
         env = args.name.split("/")[-2] if args.name.count("/") >= 2 else None
         buffers = collect_episodes(args.env_id, args.policy, args.episodes, args.seed,
                                    deterministic=args.deterministic,
-                                   action_noise=args.action_noise)
+                                   action_noise=args.action_noise,
+                                   progress=not args.no_progress, n_envs=args.n_envs)
         returns = [sum(b.rewards) for b in buffers]
         path = write_minari_dataset(args.name, buffers, args.env_id, None,
                                     D4RL_REF_SCORES.get(env), algorithm_name=str(args.policy),
-                                    description=f"collect_dataset.py seed {args.seed}")
+                                    description=f"collect_dataset.py seed {args.seed}, "
+                                                f"{args.n_envs} envs")
     except PipelineError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 
 PANELS = [("eval.csv", "timesteps", "normalized_score", "eval: normalised score"),
           ("progress.csv", "time/total_timesteps", "rollout/ep_rew_mean", "rollout: episode return"),
@@ -49,6 +50,8 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
                 ax.plot(xs, ys, marker="o" if file == "eval.csv" else None, ms=3, label=run.name)
         ax.set_title(title)
         ax.set_xlabel("online env steps")
+        # 50k, 100k, ...: full step counts (100000125000...) run into each other.
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
