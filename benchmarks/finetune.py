@@ -5,8 +5,7 @@ BC checkpoint directory per seed (BC trained once per seed and dataset, reused b
 variants with --skip_bc), 200k online steps, 10-episode periodic evaluations on fixed seeds and
 the 20-episode test evaluation on other seeds. What a run logged is copied as one JSON line
 into benchmarks/results/finetune.jsonl when it finishes; a rerun skips finished runs.
-`--worker i/n` splits the pending runs by (dataset, seed), so two workers never share a BC
-directory. `analyze_finetune.py` turns the lines into tables and plots (rliable).
+`--worker i/n` takes every n-th pending run from the i-th. `analyze_finetune.py` turns the lines into tables and plots (rliable).
 
 Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing,
 except `hybrid-previous`, which switches all of this round's mechanisms off):
@@ -131,9 +130,9 @@ def main() -> None:
     done = finished(args.results)
     pending = [(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants
                if (d, v, s, args.timesteps) not in done]
-    groups = sorted({(d, s) for d, _, s in pending}, key=lambda g: (args.datasets.index(g[0]), g[1]))
-    mine_groups = set(groups[index::count])
-    mine = [run for run in pending if (run[0], run[2]) in mine_groups]
+    # Round robin: two workers on one seed share its BC (the pipeline's BC lock makes the
+    # second wait for the first's training, then reuse it).
+    mine = pending[index::count]
     print(f"{len(pending)} runs pending, this worker takes {len(mine)}", flush=True)
     for dataset, variant, seed in mine:
         print(f"-> {dataset} {variant} seed {seed}", flush=True)
