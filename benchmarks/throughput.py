@@ -1,9 +1,9 @@
 """Throughput, measured side by side in one process (these machines are noisy).
 
-1. Env steps per second of HybridPPO at mix_ratio 0.5 against plain SB3 PPO with the same
-   settings (hparam entry Walker2d-v4-hybrid), alternating A/B/A/B; the ratio of time per
-   online step is the figure that matters (target <= 1.25). HybridPPO's time is split into
-   rollout, offline V-trace preparation and the update.
+1. Online env steps per second of HybridPPO at mix_ratio 0.5 with the hparam entry's vectorised
+   rollouts (8 envs x 256 steps) against the former single env (1 x 2048, same samples per
+   update) and against plain SB3 PPO with the same settings, in turn; the update's time per
+   sample, HybridPPO's (online + offline) over PPO's (target <= 1.1x).
 2. BC samples per second of bc.train_bc's inner loop against a bare torch loop (same network
    sizes, same tensors, same batch): target >= 0.9x.
 Writes benchmarks/results/throughput.json.
@@ -46,47 +46,65 @@ class Timers:
 
 
 def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
-    import gymnasium as gym
+    """Online steps/s of three set-ups, run in turn (A B C A B C ...), same samples per update.
+
+    hybrid_1env: HybridPPO mix 0.5 with the former default, 1 env x 2048 steps per update;
+    hybrid: HybridPPO mix 0.5 with the hparam entry's n_envs x n_steps (8 x 256);
+    ppo: plain SB3 PPO with the entry's settings. The update's cost per sample is compared
+    between ppo and hybrid (whose updates hold online + offline samples).
+    """
     from stable_baselines3 import PPO
 
     import bc
     from hybrid_ppo import HybridPPO
+    from hybrid_training import make_train_env
     from normalized_policy import obs_normalizer
 
-    common = dict(learning_rate=cfg.learning_rate, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
-                  n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
-                  clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
-                  max_grad_norm=cfg.max_grad_norm, target_kl=None)
-    times = {"ppo": [], "hybrid": []}
-    parts = {}
+    one_env = cfg.model_copy(update={"n_envs": 1, "n_steps": cfg.n_steps * cfg.n_envs})
+    setups = {"hybrid_1env": (HybridPPO, one_env), "hybrid": (HybridPPO, cfg), "ppo": (PPO, cfg)}
+    times = {k: [] for k in setups}
+    parts: dict = {}
+    samples_per_update = {}
     for _ in range(repeats):
-        for kind in ("ppo", "hybrid"):
-            env = gym.make(cfg.env_id, **cfg.env_kwargs)
-            if kind == "ppo":
-                model = bc.build_model(cfg, env, "cpu", 0, model_class=PPO, **common)
+        for kind, (cls, c) in setups.items():
+            common = dict(learning_rate=c.learning_rate, n_steps=c.n_steps, batch_size=c.batch_size,
+                          n_epochs=c.n_epochs, gamma=c.gamma, gae_lambda=c.gae_lambda,
+                          clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
+                          max_grad_norm=c.max_grad_norm, target_kl=None)
+            env = make_train_env(c, 0, "cpu")
+            if cls is PPO:
+                model = bc.build_model(c, env, "cpu", 0, model_class=PPO, **common)
             else:
-                model = bc.build_model(cfg, env, "cpu", 0, model_class=HybridPPO, **common,
+                model = bc.build_model(c, env, "cpu", 0, model_class=HybridPPO, **common,
                                        mix_ratio=0.5, bc_coeff=0.005,
-                                       segment_length=cfg.segment_length)
+                                       segment_length=c.segment_length)
                 model.set_offline_data(data)
             obs_normalizer(model.policy).set_statistics(data.observations.mean(0), data.observations.std(0))
+            online = c.n_steps * c.n_envs
+            samples_per_update[kind] = sum(model._sample_counts()) if cls is HybridPPO else online
             timers = Timers()
-            for name in ("collect_rollouts", "train") + (("_offline_batch",) if kind == "hybrid" else ()):
+            for name in ("collect_rollouts", "train") + (("_offline_batch",) if cls is HybridPPO else ()):
                 timers.wrap(model, name)
             start = time.perf_counter()
             model.learn(steps)
-            times[kind].append((time.perf_counter() - start) / steps)
-            if kind == "hybrid":
-                for k, v in timers.seconds.items():
-                    parts.setdefault(k, []).append(v / steps)
-            else:
-                for k, v in timers.seconds.items():
-                    parts.setdefault(f"ppo_{k}", []).append(v / steps)
-    ppo, hybrid = float(np.median(times["ppo"])), float(np.median(times["hybrid"]))
-    return {"steps_per_run": steps, "repeats": repeats,
-            "ppo_steps_per_s": 1 / ppo, "hybrid_steps_per_s": 1 / hybrid,
-            "hybrid_over_ppo_time_per_step": hybrid / ppo,
-            "seconds_per_1k_steps": {k: 1000 * float(np.median(v)) for k, v in parts.items()}}
+            times[kind].append((time.perf_counter() - start) / model.num_timesteps)
+            updates = model.num_timesteps / online
+            for k, v in timers.seconds.items():
+                parts.setdefault(kind, {}).setdefault(f"{k}_s_per_1k_steps", []).append(
+                    1000 * v / model.num_timesteps)
+            parts[kind].setdefault("update_ms_per_sample", []).append(
+                1000 * timers.seconds["train"] / (updates * samples_per_update[kind]))
+            env.close()
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"online_steps_per_run": steps, "repeats": repeats,
+            "samples_per_update": samples_per_update,
+            "steps_per_s": {k: 1 / v for k, v in med.items()},
+            "hybrid_speedup_over_1env": med["hybrid_1env"] / med["hybrid"],
+            "hybrid_over_ppo_time_per_online_step": med["hybrid"] / med["ppo"],
+            "hybrid_over_ppo_update_time_per_sample": (
+                float(np.median(parts["hybrid"]["update_ms_per_sample"]))
+                / float(np.median(parts["ppo"]["update_ms_per_sample"]))),
+            "parts": {kind: {k: float(np.median(v)) for k, v in d.items()} for kind, d in parts.items()}}
 
 
 def bc_side_by_side(data, bc_cfg, batch_size: int, epochs: int) -> dict:
@@ -157,7 +175,7 @@ def bc_side_by_side(data, bc_cfg, batch_size: int, epochs: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_name", default="expert-v0")
-    p.add_argument("--ppo_steps", type=int, default=8192)
+    p.add_argument("--ppo_steps", type=int, default=16384)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bc_epochs", type=int, default=2)
     args = p.parse_args()
@@ -170,7 +188,7 @@ def main() -> None:
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch_threads": 1, "torch": torch.__version__},
               "dataset": args.dataset_name,
-              "ppo_vs_hybrid": ppo_side_by_side(data, cfg, args.ppo_steps, args.repeats),
+              "rollouts_and_updates": ppo_side_by_side(data, cfg, args.ppo_steps, args.repeats),
               "bc_vs_bare_torch": bc_side_by_side(data, bc_cfg, 128, args.bc_epochs)}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")

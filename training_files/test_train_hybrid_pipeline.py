@@ -17,7 +17,7 @@ from train_hybrid_pipeline import build_parser
 
 UNIT_MODULES = ["test_cli_and_hparams", "test_bad_inputs", "test_offline_data",
                 "test_bc_checkpoints", "test_atomic_file", "test_run_log", "test_vtrace",
-                "test_hybrid_ppo", "test_finetuning"]
+                "test_hybrid_ppo", "test_finetuning", "test_collect_dataset", "test_plot_runs"]
 QUICKSTART = REPO_ROOT / "docs" / "QUICKSTART.txt"
 
 
