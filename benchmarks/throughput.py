@@ -50,7 +50,8 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
 
     hybrid_1env: HybridPPO mix 0.5 with the former default, 1 env x 2048 steps per update;
     hybrid: HybridPPO mix 0.5 with the hparam entry's n_envs x n_steps (8 x 256);
-    ppo: plain SB3 PPO with the entry's settings. The update's cost per sample is compared
+    ppo: plain SB3 PPO with the entry's settings; hybrid_2threads: hybrid with two torch
+    threads instead of one (--torch_threads 2). The update's cost per sample is compared
     between ppo and hybrid (whose updates hold online + offline samples).
     """
     from stable_baselines3 import PPO
@@ -61,7 +62,8 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
     from normalized_policy import obs_normalizer
 
     one_env = cfg.model_copy(update={"n_envs": 1, "n_steps": cfg.n_steps * cfg.n_envs})
-    setups = {"hybrid_1env": (HybridPPO, one_env), "hybrid": (HybridPPO, cfg), "ppo": (PPO, cfg)}
+    setups = {"hybrid_1env": (HybridPPO, one_env), "hybrid": (HybridPPO, cfg), "ppo": (PPO, cfg),
+              "hybrid_2threads": (HybridPPO, cfg)}
     times = {k: [] for k in setups}
     parts: dict = {}
     samples_per_update = {}
@@ -71,6 +73,7 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
                           n_epochs=c.n_epochs, gamma=c.gamma, gae_lambda=c.gae_lambda,
                           clip_range=c.clip_range, ent_coef=c.ent_coef, vf_coef=c.vf_coef,
                           max_grad_norm=c.max_grad_norm, target_kl=None)
+            torch.set_num_threads(2 if kind.endswith("2threads") else 1)
             env = make_train_env(c, 0, "cpu")
             if cls is PPO:
                 model = bc.build_model(c, env, "cpu", 0, model_class=PPO, **common)
@@ -95,11 +98,13 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
             parts[kind].setdefault("update_ms_per_sample", []).append(
                 1000 * timers.seconds["train"] / (updates * samples_per_update[kind]))
             env.close()
+    torch.set_num_threads(1)
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"online_steps_per_run": steps, "repeats": repeats,
             "samples_per_update": samples_per_update,
             "steps_per_s": {k: 1 / v for k, v in med.items()},
             "hybrid_speedup_over_1env": med["hybrid_1env"] / med["hybrid"],
+            "hybrid_2threads_speedup_over_1env": med["hybrid_1env"] / med["hybrid_2threads"],
             "hybrid_over_ppo_time_per_online_step": med["hybrid"] / med["ppo"],
             "hybrid_over_ppo_update_time_per_sample": (
                 float(np.median(parts["hybrid"]["update_ms_per_sample"]))
@@ -161,15 +166,19 @@ def bc_side_by_side(data, bc_cfg, batch_size: int, epochs: int) -> dict:
                 nll.item()
         return time.perf_counter() - start
 
-    project, bare = [], []
+    project, bare, project_2threads = [], [], []
     for _ in range(2):
         project.append(project_loop())
         bare.append(bare_loop())
+        torch.set_num_threads(2)
+        project_2threads.append(project_loop())
+        torch.set_num_threads(1)
     samples = epochs * len(obs)
     p, b = float(np.median(project)), float(np.median(bare))
+    p2 = float(np.median(project_2threads))
     return {"epochs": epochs, "batch_size": batch_size, "samples_per_epoch": len(obs),
             "project_samples_per_s": samples / p, "bare_torch_samples_per_s": samples / b,
-            "project_over_bare_speed": b / p}
+            "project_over_bare_speed": b / p, "project_2threads_samples_per_s": samples / p2}
 
 
 def main() -> None:
