@@ -35,7 +35,7 @@ def main() -> None:
 
     import bc
     import checkpoints
-    from evaluation import evaluate, make_eval_env
+    from evaluation import TEST_SEED_OFFSET, evaluate
     from hparams import load_hparams
     from offline_data import load_offline_data, normalized_score
 
@@ -51,8 +51,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         best = checkpoints.find_best_checkpoint(Path(tmp), name)
         model = PPO.load(best.path, device="cpu")
-        ev = evaluate(model, make_eval_env(bc_cfg.env_id, bc_cfg.env_kwargs, args.seed + 20_000),
-                      args.episodes, data.ref_scores)
+        ev = evaluate(model, bc_cfg.env_id, bc_cfg.env_kwargs, args.episodes,
+                      args.seed + TEST_SEED_OFFSET, data.ref_scores)
     result = {"names": args.names, "transitions": len(data), "epochs": args.epochs,
               "bc_train_seconds": round(seconds, 1), "best_epoch": best.epoch,
               "best_val_loss": best.val_loss, "bc_eval": ev,
