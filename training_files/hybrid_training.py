@@ -208,10 +208,14 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     model.env.close()
     seconds = {**stage_times.seconds, "periodic_evaluation": evaluator.seconds,
                "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0)}
-    return HybridResult(save_file, keeper.path, int(model.num_timesteps), interrupted,
-                        evaluator.history[-1], keeper.best, evaluator.history,
-                        dict(model.warmup_stats), {k: round(v, 2) for k, v in seconds.items()},
-                        save_error)
+    # By keyword: two branches once added a field each and the positional call put the timings
+    # into save_error.
+    return HybridResult(save_file=save_file, best_file=keeper.path,
+                        timesteps=int(model.num_timesteps), interrupted=interrupted,
+                        final_eval=evaluator.history[-1], best_eval=keeper.best,
+                        evaluations=evaluator.history, warmup=dict(model.warmup_stats),
+                        seconds={k: round(v, 2) for k, v in seconds.items()},
+                        save_error=save_error)
 
 
 def test_evaluation(model_file: Path, cfg, seed: int, device: str, ref_scores) -> dict:
