@@ -139,7 +139,8 @@ def write_random_minari(dataset_id: str, env_id: str, episodes: int = 3, max_ste
     recorded = gym.make(recorded_env_id or env_id, **(recorded_env_kwargs or {}))
     low, high = ref_scores if ref_scores else (None, None)
     minari.create_dataset_from_buffers(
-        dataset_id=dataset_id, buffer=buffers, env=recorded, algorithm_name="random actions",
+        dataset_id=dataset_id, buffer=buffers, env=recorded, eval_env=recorded.spec,
+        algorithm_name="random actions",
         author="tests", author_email="none", code_permalink="testing_utils.py",
         ref_min_score=low, ref_max_score=high, description="test")
     recorded.close()

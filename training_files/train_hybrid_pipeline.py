@@ -235,6 +235,10 @@ def run_pipeline(args, entry: dict) -> dict:
     from atomic_file import replace_atomically
     from offline_data import load_offline_data
 
+    # gymnasium's import puts its own "once" filter for its DeprecationWarnings in front of the
+    # one set under __main__, so "Ant-v4 is out of date" reached stderr beside the one error
+    # line; set again now that gymnasium is imported.
+    warnings.filterwarnings("ignore", message=".*is out of date.*")
     set_random_seed(args.seed)
     entry["stage"] = "data"
     seconds = entry["seconds"] = {}  # wall time per stage
