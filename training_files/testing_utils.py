@@ -68,13 +68,13 @@ class IsolatedTestCase(unittest.TestCase):
 
 
 def save_tiny_policy(path: Path, env_id: str = "Walker2d-v4", seed: int = 0,
-                     with_vecnormalize: bool = True) -> Path:
+                     with_vecnormalize: bool = True, env_kwargs: dict | None = None) -> Path:
     """An untrained SB3 PPO zip (+ VecNormalize stats) standing in for a reference policy."""
     import gymnasium as gym
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    venv = DummyVecEnv([lambda: gym.make(env_id)])
+    venv = DummyVecEnv([lambda: gym.make(env_id, **(env_kwargs or {}))])
     if with_vecnormalize:
         venv = VecNormalize(venv)
     model = PPO("MlpPolicy", venv, n_steps=64, seed=seed, device="cpu",
