@@ -124,13 +124,16 @@ class BestModelKeeper:
     """
 
     def __init__(self, path: Path, report=None):
-        self.path, self.report = path, report
+        self.requested, self.path, self.report = path, path, report
         self.best: dict | None = None
 
     def __call__(self, result: dict, model) -> None:
         if self.best is None or result["mean_reward"] > self.best["mean_reward"]:
             self.best = result
-            save_atomically(model, self.path)
+            # A save location that breaks mid-run must not end training with a traceback:
+            # the best model goes where the final one would go (temp dir, else cwd); the run
+            # log's hybrid_best_file says where.
+            self.path, _ = save_with_fallback(model, self.requested)
         if self.report is not None:
             self.report(result)
 
