@@ -124,13 +124,16 @@ class BestModelKeeper:
     """
 
     def __init__(self, path: Path, report=None):
-        self.path, self.report = path, report
+        self.requested, self.path, self.report = path, path, report
         self.best: dict | None = None
 
     def __call__(self, result: dict, model) -> None:
         if self.best is None or result["mean_reward"] > self.best["mean_reward"]:
             self.best = result
-            save_atomically(model, self.path)
+            # A save location that breaks mid-run must not end training with a traceback:
+            # the best model goes where the final one would go (temp dir, else cwd); the run
+            # log's hybrid_best_file says where.
+            self.path, _ = save_with_fallback(model, self.requested)
         if self.report is not None:
             self.report(result)
 
@@ -208,10 +211,12 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     model.env.close()
     seconds = {**stage_times.seconds, "periodic_evaluation": evaluator.seconds,
                "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0)}
-    return HybridResult(save_file, keeper.path, int(model.num_timesteps), interrupted,
-                        evaluator.history[-1], keeper.best, evaluator.history,
-                        dict(model.warmup_stats), save_error=save_error,
-                        seconds={k: round(v, 2) for k, v in seconds.items()})
+    return HybridResult(save_file=save_file, best_file=keeper.path,
+                        timesteps=int(model.num_timesteps), interrupted=interrupted,
+                        final_eval=evaluator.history[-1], best_eval=keeper.best,
+                        evaluations=evaluator.history, warmup=dict(model.warmup_stats),
+                        seconds={k: round(v, 2) for k, v in seconds.items()},
+                        save_error=save_error)
 
 
 def test_evaluation(model_file: Path, cfg, seed: int, device: str, ref_scores) -> dict:

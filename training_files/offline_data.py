@@ -7,6 +7,11 @@ Resolution order for each `--names` entry (first hit wins, the run log records w
   3. generation from a bundled reference policy into the Minari directory;
   4. a PipelineError naming every place searched and how to get the data.
 Minari is never asked to download: offline, `load_dataset(download=True)` retries ~24 s.
+
+The env the pipeline runs on is resolved here too (`OfflineData.env_id/env_kwargs`): the hparam
+entry's env when it takes the data's shapes, else the env a Minari dataset records, when that
+one does and is the same env at another version (Minari's mujoco/ant data on Ant-v5 with an
+Ant-v4 entry). See `_resolve_env`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class OfflineData:
     ref_scores: tuple[float, float] | None = None
     ref_scores_source: str = "none"
     provenance: list[dict] = field(default_factory=list)
+    env_id: str | None = None
+    """The env BC, fine-tuning and every evaluation run on (load_offline_data resolves it)."""
+    env_kwargs: dict = field(default_factory=dict)
+    env_note: str | None = None
+    """One line saying why env_id is not the hparam entry's env; None when it is."""
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -72,7 +82,8 @@ class OfflineData:
         return OfflineData(self.observations[idx], self.actions[idx], self.rewards[idx],
                            self.terminations[idx], self.truncations[idx],
                            self.next_observations[idx], pick(self.behaviour_log_probs),
-                           self.ref_scores, self.ref_scores_source, self.provenance)
+                           self.ref_scores, self.ref_scores_source, self.provenance,
+                           self.env_id, self.env_kwargs, self.env_note)
 
 
 def normalized_score(raw_return: float, ref_scores: tuple[float, float] | None) -> float | None:
@@ -178,10 +189,28 @@ def _load_minari(dataset_id: str, path: Path) -> tuple[OfflineData, dict]:
             "episodes": len(episodes), "transitions": len(data),
             "minari_version": str(ds.minari_version),
             "recorded_env_id": env_spec.id if env_spec is not None else None,
+            "recorded_env_kwargs": _recorded_kwargs(env_spec),
             "algorithm": meta.get("algorithm_name"),
             "sha256": _sha256(path / "data" / "main_data.hdf5")
             if (path / "data" / "main_data.hdf5").exists() else None}
     return data, info
+
+
+def _recorded_kwargs(env_spec) -> dict | None:
+    """The kwargs that rebuild the recorded env with `gym.make(env_spec.id, **kwargs)`.
+
+    Its own kwargs (never the hparam entry's: Ant-v5 has no use_contact_forces), plus its time
+    limit when that differs from the registered one; render_mode is dropped (a recorded
+    "human" would open a window on every evaluation env).
+    """
+    if env_spec is None:
+        return None
+    kwargs = {k: v for k, v in dict(env_spec.kwargs or {}).items() if k != "render_mode"}
+    registered = gym.registry.get(env_spec.id)
+    if (env_spec.max_episode_steps is not None and registered is not None
+            and env_spec.max_episode_steps != registered.max_episode_steps):
+        kwargs["max_episode_steps"] = env_spec.max_episode_steps
+    return kwargs
 
 
 def _episode_cut(truncs: np.ndarray, terms: np.ndarray) -> np.ndarray:
@@ -300,45 +329,99 @@ def _check_generation_target(dataset: str, env: str, names: list[str]) -> None:
         return
 
 
-def _check_env_fit(data: OfflineData, infos: list[dict], env_id: str, env_kwargs: dict,
-                   candidates: dict[str, tuple[str, dict]]) -> None:
+def _env_shapes(env_id: str, env_kwargs: dict) -> tuple[tuple, tuple]:
     try:
         env = gym.make(env_id, **env_kwargs)
     except Exception as exc:  # gymnasium raises several types for a bad id or kwargs
         raise PipelineError(f"Cannot create env {env_id} {env_kwargs}: {exc}") from exc
-    obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
+    shapes = env.observation_space.shape, env.action_space.shape
     env.close()
+    return shapes
+
+
+def env_text(env_id: str, env_kwargs: dict | None) -> str:
+    """'Ant-v4 {'use_contact_forces': True}', or just 'Ant-v5' without kwargs."""
+    return f"{env_id} {env_kwargs}" if env_kwargs else env_id
+
+
+def _same_env_family(a: str, b: str) -> bool:
+    """Ant-v4 and Ant-v5 are one env at two versions; Hopper-v4 and Walker2d-v4 are not."""
+    parse = gym.envs.registration.parse_env_id
+    return parse(a)[:2] == parse(b)[:2]
+
+
+def _resolve_env(data: OfflineData, infos: list[dict], env_id: str, env_kwargs: dict,
+                 candidates: dict[str, tuple[str, dict]]) -> tuple[str, dict, str | None]:
+    """(env_id, env_kwargs, note) the pipeline runs on, or a PipelineError.
+
+    1. The hparam entry's env takes the data's shapes: use it (a dataset recorded on another
+       version of it gets a warning: same shapes, possibly different dynamics).
+    2. Else, if every dataset records the same env (Minari's env spec), that env is the entry's
+       env at another version, and it takes the shapes: use it, built from the dataset's own
+       spec and kwargs, and say so (`note`). Restricted to one env family so that a wrong key
+       (a Hopper entry on walker2d data) stays an error instead of silently training another env.
+    3. Else one error line: both shapes, the recorded env and the hparam entries that fit.
+    """
+    obs_shape, act_shape = _env_shapes(env_id, env_kwargs)
     got_obs, got_act = data.observations.shape[1:], data.actions.shape[1:]
-    if (got_obs, got_act) != (obs_shape, act_shape):
-        fits = []
-        for key, (cand_id, cand_kwargs) in candidates.items():
+    if (got_obs, got_act) == (obs_shape, act_shape):
+        for info in infos:
+            recorded = info.get("recorded_env_id")
+            if recorded and recorded != env_id:
+                warnings.warn(f"{info.get('dataset_id', info['path'])} was recorded on {recorded} "
+                              f"but fine-tuning uses {env_id}: same shapes, different dynamics "
+                              "possible", stacklevel=2)
+        return env_id, env_kwargs, None
+    recorded_envs = {(i.get("recorded_env_id"), repr(sorted((i.get("recorded_env_kwargs") or {}).items())))
+                     for i in infos}
+    recorded_ids = sorted({i.get("recorded_env_id") for i in infos} - {None})
+    why_not = ""
+    if recorded_ids and any(i.get("recorded_env_id") is None for i in infos):
+        why_not = " (not every dataset records its env, so none is used in its place)"
+    elif len(recorded_envs) == 1 and recorded_ids:
+        rec_id, rec_kwargs = recorded_ids[0], dict(infos[0].get("recorded_env_kwargs") or {})
+        if not _same_env_family(rec_id, env_id):
+            why_not = f" (not {env_id} at another version, so not used in its place)"
+        else:
             try:
-                cand = gym.make(cand_id, **cand_kwargs)
-            except Exception:  # an entry whose env is not installed simply does not fit
-                continue
-            if (cand.observation_space.shape, cand.action_space.shape) == (got_obs, got_act):
+                rec_shapes = _env_shapes(rec_id, rec_kwargs)
+            except PipelineError as exc:
+                rec_shapes, why_not = None, f", which cannot be created here ({exc})"
+            if rec_shapes == (got_obs, got_act):
+                note = (f"the hparam entry's env {env_text(env_id, env_kwargs)} has obs "
+                        f"{obs_shape}, actions {act_shape} but the dataset has obs {got_obs}, "
+                        f"actions {got_act}: BC, fine-tuning and evaluation run on "
+                        f"{env_text(rec_id, rec_kwargs)}, the env the dataset records")
+                return rec_id, rec_kwargs, note
+            if rec_shapes is not None:
+                why_not = (f"{' ' + str(rec_kwargs) if rec_kwargs else ''}, whose obs "
+                           f"{rec_shapes[0]}, actions {rec_shapes[1]} do not fit it either")
+    elif len(recorded_envs) > 1:
+        why_not = " (different envs or kwargs per dataset, so none is used in its place)"
+    fits = []
+    for key, (cand_id, cand_kwargs) in candidates.items():
+        try:
+            if _env_shapes(cand_id, cand_kwargs) == (got_obs, got_act):
                 fits.append(key)
-            cand.close()
-        recorded = {i.get("recorded_env_id") for i in infos} - {None}
-        raise PipelineError(
-            f"Dataset has obs {got_obs}, actions {got_act} but {env_id} {env_kwargs or ''} has "
-            f"obs {obs_shape}, actions {act_shape}"
-            + (f"; it was recorded on {', '.join(sorted(recorded))}" if recorded else "")
-            + (f"; hparam entries that fit: {', '.join(fits)}" if fits
-               else "; no hparam entry fits: add one with the recorded env_id"))
-    for info in infos:
-        recorded = info.get("recorded_env_id")
-        if recorded and recorded != env_id:
-            warnings.warn(f"{info.get('dataset_id', info['path'])} was recorded on {recorded} but "
-                          f"fine-tuning uses {env_id}: same shapes, different dynamics possible",
-                          stacklevel=2)
+        except PipelineError:  # an entry whose env is not installed simply does not fit
+            continue
+    raise PipelineError(
+        f"Dataset has obs {got_obs}, actions {got_act} but {env_id} {env_kwargs or ''} has "
+        f"obs {obs_shape}, actions {act_shape}"
+        + (f"; it was recorded on {', '.join(recorded_ids)}{why_not}" if recorded_ids else "")
+        + (f"; hparam entries that fit: {', '.join(fits)}" if fits
+           else "; no hparam entry fits: add one with the recorded env_id"))
 
 
 def load_offline_data(dataset: str, env: str, names: list[str], env_id: str,
                       env_kwargs: dict | None = None,
                       candidates: dict[str, tuple[str, dict]] | None = None,
                       generate: bool = True, progress: bool = True) -> OfflineData:
-    """All `names` resolved, concatenated with episode boundaries kept, checked against env_id."""
+    """All `names` resolved, concatenated with episode boundaries kept, checked against env_id.
+
+    `data.env_id/env_kwargs` is the env to run on: env_id itself, or the env the data record
+    when env_id cannot take them (see `_resolve_env`; `data.env_note` then says so).
+    """
     env_kwargs = env_kwargs or {}
     if generate:
         _check_generation_target(dataset, env, names)
@@ -359,5 +442,6 @@ def load_offline_data(dataset: str, env: str, names: list[str], env_id: str,
         data.ref_scores, data.ref_scores_source = own.pop(), datas[0].ref_scores_source
     elif (d4rl := d4rl_ref_scores(env)) is not None:
         data.ref_scores, data.ref_scores_source = d4rl, f"d4rl:{env}"
-    _check_env_fit(data, data.provenance, env_id, env_kwargs, candidates or {})
+    data.env_id, data.env_kwargs, data.env_note = _resolve_env(
+        data, data.provenance, env_id, env_kwargs, candidates or {})
     return data

@@ -68,13 +68,13 @@ class IsolatedTestCase(unittest.TestCase):
 
 
 def save_tiny_policy(path: Path, env_id: str = "Walker2d-v4", seed: int = 0,
-                     with_vecnormalize: bool = True) -> Path:
+                     with_vecnormalize: bool = True, env_kwargs: dict | None = None) -> Path:
     """An untrained SB3 PPO zip (+ VecNormalize stats) standing in for a reference policy."""
     import gymnasium as gym
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    venv = DummyVecEnv([lambda: gym.make(env_id)])
+    venv = DummyVecEnv([lambda: gym.make(env_id, **(env_kwargs or {}))])
     if with_vecnormalize:
         venv = VecNormalize(venv)
     model = PPO("MlpPolicy", venv, n_steps=64, seed=seed, device="cpu",
@@ -96,6 +96,55 @@ def write_tiny_minari(dataset_id: str, episodes: int = 4, seed: int = 0,
     env = dataset_id.split("/")[-2]
     return write_minari_dataset(dataset_id, buffers, env_id, None, D4RL_REF_SCORES.get(env),
                                 algorithm_name="tiny test policy", description="test")
+
+
+def write_random_minari(dataset_id: str, env_id: str, episodes: int = 3, max_steps: int = 20,
+                        seed: int = 0, recorded_env_id: str | None = None,
+                        recorded_env_kwargs: dict | None = None,
+                        ref_scores: tuple[float, float] | None = None) -> Path:
+    """A real Minari dataset of short random-action episodes, written as Minari's own mujoco
+    data are shaped (e.g. Ant-v5: 105-dim obs), recording its env spec.
+
+    Episodes are cut after `max_steps` (a truncation). The recorded env is `env_id` unless
+    `recorded_env_id/recorded_env_kwargs` say otherwise: create_dataset_from_buffers checks no
+    shapes, so a dataset whose recorded env does not match its own data can be written too.
+    """
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    buffers = []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        rows, actions, rewards, terms, truncs = [obs], [], [], [], []
+        for t in range(max_steps):
+            action = env.action_space.sample()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            truncated = truncated or t == max_steps - 1
+            rows.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
+            terms.append(bool(terminated))
+            truncs.append(bool(truncated and not terminated))
+            if terminated or truncated:
+                break
+        buffers.append(EpisodeBuffer(id=k, seed=seed + k,
+                                     observations=np.asarray(rows, dtype=np.float32),
+                                     actions=np.asarray(actions, dtype=np.float32),
+                                     rewards=rewards, terminations=terms, truncations=truncs,
+                                     infos={}))
+    env.close()
+    recorded = gym.make(recorded_env_id or env_id, **(recorded_env_kwargs or {}))
+    low, high = ref_scores if ref_scores else (None, None)
+    minari.create_dataset_from_buffers(
+        dataset_id=dataset_id, buffer=buffers, env=recorded, eval_env=recorded.spec,
+        algorithm_name="random actions",
+        author="tests", author_email="none", code_permalink="testing_utils.py",
+        ref_min_score=low, ref_max_score=high, description="test")
+    recorded.close()
+    return Path(os.environ["MINARI_DATASETS_PATH"]) / dataset_id
 
 
 def write_d4rl_hdf5(path: Path, obs_dim: int, act_dim: int, episode_lengths: list[int],
@@ -130,15 +179,17 @@ def write_d4rl_hdf5(path: Path, obs_dim: int, act_dim: int, episode_lengths: lis
     return path
 
 
-def write_hparam_file(path: Path, bc: dict | None = None, hybrid: dict | None = None) -> Path:
-    """hparam.yml's walker2d entries shrunk to test size, with optional overrides."""
+def write_hparam_file(path: Path, bc: dict | None = None, hybrid: dict | None = None,
+                      bc_key: str = "Walker2d-v4-bc-large",
+                      hybrid_key: str = "Walker2d-v4-hybrid") -> Path:
+    """Two of hparam.yml's entries (walker2d's unless named) shrunk to test size, with
+    optional overrides."""
     data = yaml.safe_load((REPO_ROOT / "hparam.yml").read_text())
-    bc_entry = {**data["Walker2d-v4-bc-large"], "eval_episodes": 1, **(bc or {})}
-    hybrid_entry = {**data["Walker2d-v4-hybrid"], "n_envs": 1, "n_steps": 128, "batch_size": 64, "n_epochs": 2,
+    bc_entry = {**data[bc_key], "eval_episodes": 1, **(bc or {})}
+    hybrid_entry = {**data[hybrid_key], "n_envs": 1, "n_steps": 128, "batch_size": 64, "n_epochs": 2,
                     "total_timesteps": 256, "eval_freq": 128, "eval_episodes": 1, "test_episodes": 2,
                     "segment_length": 16, **(hybrid or {})}
     small = {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "activation": "tanh"}
     bc_entry["policy"] = hybrid_entry["policy"] = small
-    path.write_text(yaml.safe_dump({"Walker2d-v4-bc-large": bc_entry,
-                                    "Walker2d-v4-hybrid": hybrid_entry}))
+    path.write_text(yaml.safe_dump({bc_key: bc_entry, hybrid_key: hybrid_entry}))
     return path

@@ -235,6 +235,10 @@ def run_pipeline(args, entry: dict) -> dict:
     from atomic_file import replace_atomically
     from offline_data import load_offline_data
 
+    # gymnasium's import puts its own "once" filter for its DeprecationWarnings in front of the
+    # one set under __main__, so "Ant-v4 is out of date" reached stderr beside the one error
+    # line; set again now that gymnasium is imported.
+    warnings.filterwarnings("ignore", message=".*is out of date.*")
     set_random_seed(args.seed)
     entry["stage"] = "data"
     seconds = entry["seconds"] = {}  # wall time per stage
@@ -251,6 +255,17 @@ def run_pipeline(args, entry: dict) -> dict:
           f"({', '.join(p['source'] + ':' + p['name'] for p in data.provenance)}), "
           f"mean episode return {data.episode_returns.mean():.1f}; normalised scores use "
           f"{data.ref_scores_source}")
+    # One env for every step from here on (BC, its evaluation, training, evaluation, test):
+    # the entry's, or the env the dataset records when only that one takes its shapes.
+    entry["env"] = {"hparam_env": {"env_id": hybrid_cfg.env_id, "env_kwargs": hybrid_cfg.env_kwargs},
+                    "used_env": {"env_id": data.env_id, "env_kwargs": data.env_kwargs},
+                    "source": "hparam entry" if data.env_note is None else "dataset's env spec",
+                    "note": data.env_note}
+    if data.env_note is not None:
+        print(f"Note: {data.env_note}")
+        used = {"env_id": data.env_id, "env_kwargs": data.env_kwargs}
+        bc_cfg, hybrid_cfg = bc_cfg.model_copy(update=used), hybrid_cfg.model_copy(update=used)
+        entry["config"] = {"bc": bc_cfg.model_dump(), "hybrid": hybrid_cfg.model_dump()}
 
     # 1-2. BC, and 3. selection, under a lock per (dataset, env, names): a concurrent run
     # must never retrain, archive or half-write the checkpoint this one is about to load.
