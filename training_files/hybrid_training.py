@@ -210,8 +210,8 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0)}
     return HybridResult(save_file, keeper.path, int(model.num_timesteps), interrupted,
                         evaluator.history[-1], keeper.best, evaluator.history,
-                        dict(model.warmup_stats), {k: round(v, 2) for k, v in seconds.items()},
-                        save_error)
+                        dict(model.warmup_stats), save_error=save_error,
+                        seconds={k: round(v, 2) for k, v in seconds.items()})
 
 
 def test_evaluation(model_file: Path, cfg, seed: int, device: str, ref_scores) -> dict:
