@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -120,7 +121,6 @@ def point_label(point: dict[str, str]) -> str:
 
 def trial_argv(config: dict) -> list[str]:
     """The pipeline command of one trial (what a user would type for this seed and point)."""
-
     parser = pipeline.build_parser()
     point = {k: config[k] for k in config["grid_keys"]}
     seed = config["seed"]
@@ -162,7 +162,7 @@ def run_trial(config: dict) -> None:
     from ray import tune
 
     os.chdir(config["launch_dir"])  # outputs where a pipeline launched there would write them
-    os.environ.update(config["env"])
+    os.environ.update(config["forwarded_env"])
     context = tune.get_context()
     writer = ray.get_actor(config["log_writer"], namespace=NAMESPACE)
     argv = trial_argv(config)
@@ -295,10 +295,12 @@ def iqm_ci(values: list[float], seed: int = 0) -> list[float]:
     from rliable import library as rly
     from rliable import metrics
 
-    point, interval = rly.get_interval_estimates(
-        {"x": np.asarray(values, dtype=float).reshape(-1, 1)},
-        lambda x: np.array([metrics.aggregate_iqm(x)]), reps=CI_REPS,
-        random_state=np.random.RandomState(seed))
+    with warnings.catch_warnings():  # arch's notice about its own RandomState default
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        point, interval = rly.get_interval_estimates(
+            {"x": np.asarray(values, dtype=float).reshape(-1, 1)},
+            lambda x: np.array([metrics.aggregate_iqm(x)]), reps=CI_REPS,
+            random_state=np.random.RandomState(seed))
     return [float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])]
 
 
@@ -482,7 +484,8 @@ def run(argv: list[str]) -> int:
     log_file = Path(launch_dir) / pparser.parse_args(rest).log_file
     constants = {"sweep_id": sweep_id, "launch_dir": launch_dir, "sweep_dir": str(sweep_dir),
                  "base_argv": rest, "grid_keys": list(grid), "log_writer": f"run_log_{sweep_id}",
-                 "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+                 # not "env": Tune puts a config's "env" into trial names (an RLlib habit)
+                 "forwarded_env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     configs = trial_configs(options, grid, constants)
     max_t = check_trials(configs)  # a bad flag or hparam key costs a second, not a sweep
 
@@ -503,12 +506,13 @@ def run(argv: list[str]) -> int:
     if started_ray:
         init_ray(options.address, options.num_cpus)
     try:
-        make_log_writer(launch_dir, constants["log_writer"])
+        log_writer = make_log_writer(launch_dir, constants["log_writer"])  # alive while held
         tuner, experiment = make_tuner(options, record, constants, grid, max_t, log_file)
         print(f"Sweep {sweep_id}: {len(configs)} trials ({len(options.seeds)} seeds x "
               f"{len(configs) // len(options.seeds)} grid points); Tune experiment {experiment}",
               flush=True)
         results = tuner.fit()
+        del log_writer
     finally:
         if started_ray:
             ray.shutdown()
