@@ -93,6 +93,8 @@ def parse_grid(items: list[str], pipeline_parser) -> dict[str, list[str]]:
         key = key.lstrip("-")
         if not sep or not values:
             raise PipelineError(f"--grid {item}: expected FLAG=V1,V2,... (e.g. mix_ratio=0,0.5)")
+        if key == "log_file":
+            raise PipelineError("--grid log_file: a sweep has one run log (give --log_file)")
         if key in PER_TRIAL_FLAGS:
             raise PipelineError(f"--grid {key}: set per trial by the sweep"
                                 + (" (use --seeds)" if key == "seed" else ""))
@@ -481,13 +483,13 @@ def run(argv: list[str]) -> int:
     sweep_id = record["sweep_id"]
     launch_dir = os.getcwd()
     sweep_dir = Path(launch_dir) / SWEEPS_DIR / sweep_id
-    log_file = Path(launch_dir) / pparser.parse_args(rest).log_file
     constants = {"sweep_id": sweep_id, "launch_dir": launch_dir, "sweep_dir": str(sweep_dir),
                  "base_argv": rest, "grid_keys": list(grid), "log_writer": f"run_log_{sweep_id}",
                  # not "env": Tune puts a config's "env" into trial names (an RLlib habit)
                  "forwarded_env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     configs = trial_configs(options, grid, constants)
     max_t = check_trials(configs)  # a bad flag or hparam key costs a second, not a sweep
+    log_file = Path(launch_dir) / pparser.parse_args(trial_argv(configs[0])).log_file
 
     from preflight import check_dir, check_log_file
 
