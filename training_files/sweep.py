@@ -251,19 +251,22 @@ class EntriesOfTrialsThatCouldNot(Callback):
                                               "pipeline could log (see the trial's error.txt)")
 
     def on_experiment_end(self, trials, **info):
+        # Trials still here neither completed nor failed: the sweep was interrupted (Tune's
+        # cleanup marks them terminated in memory; its saved state keeps them to resume).
         for trial in trials:
-            if trial.status not in ("TERMINATED", "ERROR"):
-                self._log_if_missing(trial, "interrupted",
-                                     "the sweep was interrupted; --resume reruns this trial")
+            self._log_if_missing(trial, "interrupted",
+                                 "the sweep was interrupted; --resume reruns this trial")
 
     def _log_if_missing(self, trial, status: str, reason: str) -> None:
-        if trial.trial_id not in self.started:  # not started by this launch: nothing to say
+        if trial.trial_id not in self.started:  # not started by this launch, or already ended
             return
-        if trial.trial_id in sweep_entries(self.log_file, self.sweep_id):
-            return
+        started = self.started.pop(trial.trial_id)
+        entry = sweep_entries(self.log_file, self.sweep_id).get(trial.trial_id)
+        if entry is not None and entry["time"] >= datetime.fromtimestamp(
+                started - 5, timezone.utc).isoformat(timespec="seconds"):
+            return  # the trial logged itself (an older entry is from before a --resume)
         argv = trial_argv(trial.config)
         args = pipeline.build_parser().parse_args(argv)
-        started = self.started.pop(trial.trial_id)
         entry = {"time": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
                  "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                  "status": status, "error": reason,
@@ -513,12 +516,13 @@ def run(argv: list[str]) -> int:
         print(f"Sweep {sweep_id}: {len(configs)} trials ({len(options.seeds)} seeds x "
               f"{len(configs) // len(options.seeds)} grid points); Tune experiment {experiment}",
               flush=True)
-        results = tuner.fit()
+        tuner.fit()  # trial failures are in the run log; fit() does not raise for them
         del log_writer
     finally:
         if started_ray:
             ray.shutdown()
-    interrupted = results.num_terminated + results.num_errors < len(results)
+    ended = [e for e in sweep_entries(log_file, sweep_id).values() if e["status"] != "interrupted"]
+    interrupted = len(ended) < len(configs)
     md = write_summary(sweep_dir, log_file, sweep_id, list(grid))
     print(md)
     print(f"Summary: {sweep_dir / 'summary.md'}, {sweep_dir / 'summary.json'}, "
