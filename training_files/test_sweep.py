@@ -187,11 +187,14 @@ class SweepOnARayHead(SweepTestCase):
         head = subprocess.Popen(
             [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
              "--include-dashboard=false", f"--temp-dir={self.tmp / 'ray'}"],
-            cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=self.tmp, stdout=open(self.tmp / "head.txt", "w"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(TRAINING_FILES)})
         try:
-            time.sleep(5)
-            self.assertIsNone(head.poll(), "ray start --head exited")
+            deadline = time.time() + 120
+            while "block forever" not in (self.tmp / "head.txt").read_text():
+                self.assertIsNone(head.poll(), (self.tmp / "head.txt").read_text()[-3000:])
+                self.assertLess(time.time(), deadline, "ray start --head did not come up")
+                time.sleep(0.5)
             env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
             proc = subprocess.run([sys.executable, str(SWEEP), *PIPELINE_FLAGS, "--seeds", "0", "1",
                                    "--sweep_id", "c"], cwd=self.work, capture_output=True,
