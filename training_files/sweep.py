@@ -223,7 +223,7 @@ def init_ray(address: str | None, num_cpus: int) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
 
 
-class EntriesOfTrialsThatCouldNot(Callback):
+class MissingEntryLogger(Callback):
     """A Tune callback (driver side) that writes a run-log entry, through the pipeline's own
     _log, for every trial that ended without writing one itself: stopped by the scheduler,
     its worker lost, or still running when the sweep was interrupted. Restored with the
@@ -309,7 +309,7 @@ def iqm_ci(values: list[float], seed: int = 0) -> list[float]:
     return [float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])]
 
 
-def summarise(entries: dict[str, dict], grid_keys: list[str]) -> tuple[str, dict]:
+def summarise(entries: dict[str, dict]) -> tuple[str, dict]:
     groups: dict[str, list[dict]] = {}
     for entry in entries.values():
         groups.setdefault(json.dumps(entry["sweep"]["grid_point"]), []).append(entry)
@@ -379,9 +379,9 @@ def plot_curves(entries: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_summary(sweep_dir: Path, log_file: Path, sweep_id: str, grid_keys: list[str]) -> str:
+def write_summary(sweep_dir: Path, log_file: Path, sweep_id: str) -> str:
     entries = sweep_entries(log_file, sweep_id)
-    md, js = summarise(entries, grid_keys)
+    md, js = summarise(entries)
     md = f"# Sweep {sweep_id}\n\n{len(entries)} trials in {log_file}.\n\n" + md
     (sweep_dir / "summary.md").write_text(md)
     (sweep_dir / "summary.json").write_text(json.dumps({"sweep_id": sweep_id, **js}, indent=1) + "\n")
@@ -464,7 +464,7 @@ def make_tuner(options, record: dict, constants: dict, grid: dict, max_t: int, l
         run_config=tune.RunConfig(
             name=record["sweep_id"], storage_path=record["storage_path"], verbose=1,
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[EntriesOfTrialsThatCouldNot(record["sweep_id"], log_file, options.scheduler)]))
+            callbacks=[MissingEntryLogger(record["sweep_id"], log_file, options.scheduler)]))
     return tuner, experiment
 
 
@@ -523,7 +523,7 @@ def run(argv: list[str]) -> int:
             ray.shutdown()
     ended = [e for e in sweep_entries(log_file, sweep_id).values() if e["status"] != "interrupted"]
     interrupted = len(ended) < len(configs)
-    md = write_summary(sweep_dir, log_file, sweep_id, list(grid))
+    md = write_summary(sweep_dir, log_file, sweep_id)
     print(md)
     print(f"Summary: {sweep_dir / 'summary.md'}, {sweep_dir / 'summary.json'}, "
           f"{sweep_dir / 'curves.png'}; run log {log_file}")

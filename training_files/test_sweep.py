@@ -24,6 +24,14 @@ PIPELINE_FLAGS = ["--dataset", "mujoco", "--env", "walker2d", "--names", "expert
                   "--hparam_bc", "Walker2d-v4-bc-large", "--hparam_hybrid", "Walker2d-v4-hybrid",
                   "--hparam_file", "hparam.yml", "--num_bc_epochs", "2", "--save_every_epochs", "1"]
 LOG = Path("logs/pipeline_runs.json")
+_ENV_BEFORE_RAY = set(os.environ)
+
+
+def shell_env(**extra: str) -> dict:
+    """The environment a user's shell would have: without the RAY_* variables the in-process
+    Ray of this module set for itself (its auth mode would make `ray start` look for a token)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k in _ENV_BEFORE_RAY}
+    return {**env, **extra}
 
 
 def setUpModule():
@@ -130,7 +138,7 @@ class InterruptedSweep(SweepTestCase):
                                  "--grid", "mix_ratio=0.5", "--max_concurrent", "1",
                                  "--num_cpus", "2", "--sweep_id", "s"],
                                 cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=os.environ.copy())
+                                text=True, env=shell_env())
         try:
             deadline = time.time() + 400
             while not [e for e in self.entries("s") if e["status"] == "ok"]:
@@ -188,19 +196,20 @@ class SweepOnARayHead(SweepTestCase):
             [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
              "--include-dashboard=false", f"--temp-dir={self.tmp / 'ray'}"],
             cwd=self.tmp, stdout=open(self.tmp / "head.txt", "w"), stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(TRAINING_FILES)})
+            env=shell_env(PYTHONPATH=str(TRAINING_FILES)))
         try:
             deadline = time.time() + 120
             while "block forever" not in (self.tmp / "head.txt").read_text():
                 self.assertIsNone(head.poll(), (self.tmp / "head.txt").read_text()[-3000:])
                 self.assertLess(time.time(), deadline, "ray start --head did not come up")
                 time.sleep(0.5)
-            env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+            env = shell_env(RAY_ADDRESS=f"127.0.0.1:{port}")
             proc = subprocess.run([sys.executable, str(SWEEP), *PIPELINE_FLAGS, "--seeds", "0", "1",
                                    "--sweep_id", "c"], cwd=self.work, capture_output=True,
                                   text=True, timeout=600, env=env)
             self.assertEqual(proc.returncode, 0, proc.stdout[-3000:] + proc.stderr[-3000:])
-            self.assertIn(f"127.0.0.1:{port}", proc.stderr + proc.stdout)
+            self.assertIn("Connecting to existing Ray cluster at address: ", proc.stderr)
+            self.assertIn(f":{port}", proc.stderr)
         finally:
             head.send_signal(signal.SIGTERM)  # --block: the head takes its processes with it
             try:
