@@ -205,8 +205,9 @@ def tensorboard_dir(args, save_file: Path) -> Path:
 
 # ------------------------------------------------------------------------------ pipeline
 
-def run_pipeline(args, entry: dict) -> dict:
-    """The WORKFLOW proper; fills `entry` as it goes so a failure still logs what happened."""
+def run_pipeline(args, entry: dict, on_eval=None) -> dict:
+    """The WORKFLOW proper; fills `entry` as it goes so a failure still logs what happened.
+    `on_eval(result)` also sees each periodic evaluation (sweep.py reports them to Ray Tune)."""
     import preflight
 
     save_file = Path(entry["save_file"])
@@ -330,6 +331,8 @@ def run_pipeline(args, entry: dict) -> dict:
 
     def report(ev):
         print(f"  eval @ {ev['timesteps']} steps: {_describe(ev)}", flush=True)
+        if on_eval is not None:
+            on_eval(ev)
 
     try:
         result = train_hybrid(data, bc_zip, hybrid_cfg, settings,
@@ -399,14 +402,18 @@ def _interrupted_message(entry: dict) -> str:
             f"generated is discarded); {logged}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on_eval=None, entry_fields: dict | None = None,
+         append=None) -> int:
+    """The command. A caller running it as a library (sweep.py) may pass `on_eval` (see
+    run_pipeline), `entry_fields` merged into the run-log entry (e.g. `sweep_id`), and
+    `append(entry, log_file)` in place of run_log.append_run (e.g. to write on another machine)."""
     args = build_parser().parse_args(argv)
     started = time.time()
     stamp = datetime.now(timezone.utc)
     save_file = args.save_file or Path(f"hybrid_ppo_{args.env}_{stamp.strftime('%Y%m%d_%H%M%S')}.zip")
     entry = {"time": stamp.isoformat(timespec="seconds"), "argv": sys.argv[:1] + (argv or sys.argv[1:]),
              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-             "save_file": str(save_file), "status": "running"}
+             "save_file": str(save_file), "status": "running", **(entry_fields or {})}
     try:
         from preflight import check_log_file
 
@@ -416,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     code, message = 0, None
     try:
-        run_pipeline(args, entry)
+        run_pipeline(args, entry, on_eval)
         entry["status"] = "ok"
     except PipelineError as exc:
         message = str(exc)
@@ -430,9 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_INTERRUPTED
     except Exception as exc:  # a bug, not bad input: log it, then show the traceback
         entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        _log(args, entry, started)
+        _log(args, entry, started, append)
         raise
-    log_problem = _log(args, entry, started)
+    log_problem = _log(args, entry, started, append)
     if log_problem:  # the run's own outcome and the log's failure share the one line
         message = f"{message}; {log_problem}" if message else f"ERROR: {log_problem}"
         code = code or EXIT_ERROR
@@ -443,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _log(args, entry: dict, started: float) -> str | None:
+def _log(args, entry: dict, started: float, append=None) -> str | None:
     """Append the entry to the run log; if that fails, keep it elsewhere and say where."""
     entry.update(wall_time_s=round(time.time() - started, 1), git_commit=_git_commit(),
                  versions=_versions(), host={"platform": platform.platform(),
@@ -453,7 +460,7 @@ def _log(args, entry: dict, started: float) -> str | None:
     from run_log import append_run
 
     try:
-        path = append_run(entry, args.log_file)
+        path = (append or append_run)(entry, args.log_file)
     except (OSError, Timeout) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         return f"the run log {args.log_file} could not be written ({reason}); {_log_fallback(entry)}"
