@@ -74,7 +74,8 @@ def prob_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float
     point, interval = rly.get_interval_estimates(
         {"p": (x.reshape(-1, 1), y.reshape(-1, 1))}, metrics.probability_of_improvement,
         reps=REPS, random_state=np.random.RandomState(seed))
-    return float(point["p"]), float(interval["p"][0]), float(interval["p"][1])
+    low, high = np.ravel(interval["p"])
+    return float(np.ravel(point["p"])[0]), float(low), float(high)
 
 
 def fmt_ci(t: tuple[float, float, float]) -> str:
