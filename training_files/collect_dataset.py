@@ -172,6 +172,11 @@ def collect_episodes(env_id: str, policy_path: Path, episodes: int, seed: int,
         return obs
 
     bar = tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress)
+    # One intra-op thread: batches of a few rows gain nothing from a second one, and with torch's
+    # default of 2 on this 2-core machine, 8-row inference ran ~10x slower while the other core
+    # was busy (the pipeline sets 1 itself; the CLI and other callers may not). Same results.
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         obs = reset(list(range(n_envs)))
         while any(b is None for b in buffers):
@@ -215,6 +220,7 @@ def collect_episodes(env_id: str, policy_path: Path, episodes: int, seed: int,
             if finished and any(b is None for b in buffers):
                 obs = reset(finished)
     finally:
+        torch.set_num_threads(torch_threads)
         bar.close()
         envs.close()
     return buffers
