@@ -98,8 +98,8 @@ def _load_policy(policy_path: Path, env_id: str, env_kwargs: dict | None):
         # VecNormalize only holds the frozen statistics here (its env checks the spaces); the
         # episodes are stepped in a gymnasium vector env, which can reset one slot with its
         # own seed.
-        normalizer = VecNormalize.load(str(stats),
-                                       DummyVecEnv([lambda: gym.make(env_id, **(env_kwargs or {}))]))
+        spaces_only = DummyVecEnv([lambda: gym.make(env_id, **(env_kwargs or {}))])
+        normalizer = VecNormalize.load(str(stats), spaces_only)
         normalizer.training = False
         normalizer.venv.close()
     return model, normalizer
