@@ -47,9 +47,9 @@ D4RL_REF_SCORES = {
     "ant": (-325.6, 3879.7),
 }
 
-# Envs stepped together during collection. 8 was measured fastest here (README); it is part of
-# a dataset's recipe, because the policy's actions can differ in the last bit between batch
-# sizes.
+# Envs stepped together during collection: 4 to 32 took about the same time here, all about
+# half of one env's (reference_policies/README.md). Part of a dataset's recipe, because the
+# policy's actions can differ in the last bit between batch sizes.
 DEFAULT_N_ENVS = 8
 
 
@@ -133,8 +133,8 @@ def _load_policy(policy_path: Path, env_id: str, env_kwargs: dict | None):
         # VecNormalize only holds the frozen statistics here (its env checks the spaces); the
         # episodes are stepped in a gymnasium vector env, which can reset one slot with its
         # own seed.
-        normalizer = VecNormalize.load(str(stats),
-                                       DummyVecEnv([lambda: gym.make(env_id, **(env_kwargs or {}))]))
+        spaces_only = DummyVecEnv([lambda: gym.make(env_id, **(env_kwargs or {}))])
+        normalizer = VecNormalize.load(str(stats), spaces_only)
         normalizer.training = False
         normalizer.venv.close()
     return model, normalizer
@@ -207,6 +207,11 @@ def collect_episodes(env_id: str, policy_path: Path, episodes: int, seed: int,
         return obs
 
     bar = tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress)
+    # One intra-op thread: batches of a few rows gain nothing from a second one, and with torch's
+    # default of 2 on this 2-core machine, 8-row inference ran ~10x slower while the other core
+    # was busy (the pipeline sets 1 itself; the CLI and other callers may not). Same results.
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         obs = reset(list(range(n_envs)))
         while any(b is None for b in buffers):
@@ -250,6 +255,7 @@ def collect_episodes(env_id: str, policy_path: Path, episodes: int, seed: int,
             if finished and any(b is None for b in buffers):
                 obs = reset(finished)
     finally:
+        torch.set_num_threads(torch_threads)
         bar.close()
         envs.close()
     return buffers

@@ -150,6 +150,24 @@ class VectorisedCollectionTest(IsolatedTestCase):
             np.testing.assert_array_equal(episode.observations, buf.observations)
             np.testing.assert_array_equal(episode.actions, buf.actions)
 
+    def test_inference_runs_on_one_thread_and_the_callers_setting_is_restored(self):
+        seen = []
+        real = torch.Tensor.numpy
+
+        def spy(tensor, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return real(tensor, *args, **kwargs)
+
+        torch.set_num_threads(2)
+        try:
+            with mock.patch.object(torch.Tensor, "numpy", spy):
+                collect_episodes(ENV_ID, self.policy, 2, seed=0, n_envs=2, progress=False)
+            self.assertEqual(torch.get_num_threads(), 2)
+        finally:
+            torch.set_num_threads(1)  # testing_utils' setting for every test
+        self.assertTrue(seen)
+        self.assertEqual(set(seen), {1})
+
     def test_cli_rejects_non_positive_n_envs(self):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
