@@ -4,18 +4,17 @@
 # same script continues where a stopped session left it.
 set -u
 cd "$(dirname "$0")/.."
-bench() { python benchmarks/finetune.py "$@"; }
+phase() {
+  for w in 0 1; do python benchmarks/finetune.py "$@" --worker "$w/2" & done
+  wait
+}
 # 1. headline on medium data: HybridPPO against PPO-from-BC, 5 seeds
-bench --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid bc_ppo --worker 0/2 &
-bench --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid bc_ppo --worker 1/2 &
-wait
-# 2. expert data, and the ablation with every new mechanism off, 3 seeds each
-bench --datasets expert-v0 --seeds 0 1 2 --variants hybrid &
-bench --datasets medium-v0 --seeds 0 1 2 --variants hybrid-previous &
-wait
-# 3. not run yet (next session): expert seeds 3-4, the BC-strength and one-at-a-time ablations
-bench --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid &
-bench --datasets medium-v0 --seeds 0 1 2 --variants hybrid-bc_coeff_0.05 hybrid-no_critic_only \
-  hybrid-constant_lr hybrid-mean_centering &
-wait
+phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid bc_ppo
+# 2. expert data, 5 seeds
+phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid
+# 3. ablations on medium data, 3 seeds: every new mechanism off, and a 10x BC term
+phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-previous hybrid-bc_coeff_0.05
+# 4. one mechanism off at a time (not run in the first session)
+phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-no_critic_only hybrid-constant_lr \
+  hybrid-mean_centering
 python benchmarks/analyze_finetune.py
