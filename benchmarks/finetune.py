@@ -15,6 +15,8 @@ except `hybrid-previous`, which switches all of this round's mechanisms off):
   hybrid-constant_lr      lr_schedule constant
   hybrid-mean_centering   offline_advantage_centering mean (SB3's rule per source)
   hybrid-bc_coeff_0.05    --bc_coeff 0.05 (10x the default)
+  hybrid-log_std_subtract_1  --log_std_subtract 1.0: explore with e^-1 of BC's noise (the
+                          deterministic policy is what is evaluated; the noisy one is trained)
   hybrid-previous         all three off: the method as it stood before this benchmark
 
   python benchmarks/finetune.py --datasets medium-v0 --seeds 0 1 2 3 4 \\
@@ -46,6 +48,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant"}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean"}},
     "hybrid-bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
+    "hybrid-log_std_subtract_1": {"flags": ["--log_std_subtract", "1.0"]},
     "hybrid-previous": {"hparams": {"critic_only_updates": 0, "lr_schedule": "constant",
                                     "offline_advantage_centering": "mean"}},
 }

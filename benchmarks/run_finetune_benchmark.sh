@@ -12,9 +12,9 @@ phase() {
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid bc_ppo
 # 2. expert data, 5 seeds
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid
-# 3. ablations on medium data, 3 seeds: every new mechanism off, and a 10x BC term
-phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-previous hybrid-bc_coeff_0.05
-# 4. one mechanism off at a time (not run in the first session)
-phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-no_critic_only hybrid-constant_lr \
-  hybrid-mean_centering
+# 3. ablations on medium data, 3 seeds: every new mechanism off, and less exploration noise
+phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-previous hybrid-log_std_subtract_1
+# 4. not run in the first session: a 10x BC term, one mechanism off at a time
+phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-bc_coeff_0.05 hybrid-no_critic_only \
+  hybrid-constant_lr hybrid-mean_centering
 python benchmarks/analyze_finetune.py
