@@ -103,6 +103,9 @@ def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
     if code != 0:
         raise RuntimeError(f"{tag} exited {code}; see {out_file}")
     (entry,) = json.loads(log_file.read_text())
+    # Paths relative to the repository (and ~ for HOME), so results name no machine's folders.
+    entry = json.loads(json.dumps(entry).replace(f"{REPO}/", "").replace(str(Path.home()), "~"))
+    cmd = [str(Path(c).relative_to(REPO)) if c.startswith(f"{REPO}/") else c for c in cmd]
     return {"dataset": dataset, "variant": variant, "seed": seed, "timesteps": timesteps,
             "command": cmd[1:], "wall_time_s": round(time.time() - started, 1),
             "bc": entry["bc"], "warmup": entry["warmup"], "curve": entry["evaluations"],

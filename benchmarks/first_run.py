@@ -49,7 +49,7 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(f"the command failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
         entry = json.loads((clone / "logs" / "pipeline_runs.json").read_text())[-1]
-    record = {"label": args.label, "commit": commit, "command": cmd[1:], "wall_time_s": round(wall, 1),
+    record = {"label": args.label, "commit": commit, "command": ["python", *cmd[1:]], "wall_time_s": round(wall, 1),
               "stage_seconds": entry["seconds"], "cpus": os.cpu_count(),
               "bc_test": entry["bc"]["test_eval"]["normalized_score"],
               "result": {k: entry["result"][k] for k in ("source",)} | {
