@@ -17,6 +17,9 @@ except `hybrid-previous`, which switches all of this round's mechanisms off):
   hybrid-bc_coeff_0.05    --bc_coeff 0.05 (10x the default)
   hybrid-log_std_subtract_1  --log_std_subtract 1.0: explore with e^-1 of BC's noise (the
                           deterministic policy is what is evaluated; the noisy one is trained)
+  hybrid-log_std_decay_1  log_std_decay 1.0: the exploration noise falls linearly from BC's
+                          to e^-1 of it over the run
+  bc_ppo-log_std_decay_1  PPO-from-BC with the same noise schedule
   hybrid-previous         all three off: the method as it stood before this benchmark
 
   python benchmarks/finetune.py --datasets medium-v0 --seeds 0 1 2 3 4 \\
@@ -49,6 +52,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean"}},
     "hybrid-bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
     "hybrid-log_std_subtract_1": {"flags": ["--log_std_subtract", "1.0"]},
+    "hybrid-log_std_decay_1": {"hparams": {"log_std_decay": 1.0}},
+    "bc_ppo-log_std_decay_1": {"flags": ["--mix_ratio", "0"], "hparams": {"log_std_decay": 1.0}},
     "hybrid-previous": {"hparams": {"critic_only_updates": 0, "lr_schedule": "constant",
                                     "offline_advantage_centering": "mean"}},
 }

@@ -102,6 +102,10 @@ class HybridConfig(EnvConfig):
     """The BC term's weight is bc_coeff * bc_decay ** update (DAPG's lambda0 * lambda1^k)."""
     offline_advantage_centering: Literal["mean", "rho", "none"] = "mean"
     """How V-trace advantages are normalised per minibatch (see HybridPPO)."""
+    log_std_decay: float = Field(0.0, ge=0)
+    """Exploration noise schedule: log_std falls linearly by this much over the run (on top of
+    what PPO learns), so the noisy policy that is trained ends closer to the deterministic one
+    that is evaluated. 0: off."""
     ood: OODConfig = Field(default_factory=OODConfig)
     eval_freq: int = Field(10_000, gt=0)
     eval_episodes: int = Field(10, ge=1)

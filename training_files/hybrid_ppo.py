@@ -54,6 +54,11 @@ class HybridPPO(PPO):
         "mean" subtracts their mean (SB3's rule, biased off-policy: it adds -b E_mu[grad log pi],
         not zero once pi != mu), "rho" subtracts rho * b (E_mu[rho grad log pi] = 0 when rho is
         not truncated), "none" only divides by their RMS.
+    :param log_std_decay: after each update log_std is lowered so that by the end of the run
+        it has fallen by this much in total, linearly in env steps (floored at log_std_min).
+        BC's log_std is the noise of the data; PPO at a fine-tuning learning rate barely moves
+        it, so without a schedule the policy explores with the data's noise to the end while
+        the deterministic policy is what is evaluated and handed over.
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -63,7 +68,7 @@ class HybridPPO(PPO):
                  critic_only_updates: int = 0, segment_length: int = 64,
                  ood: OODConfig | None = None,
                  offline_advantage_centering: Literal["mean", "rho", "none"] = "mean",
-                 log_std_min: float | None = None, **kwargs):
+                 log_std_min: float | None = None, log_std_decay: float = 0.0, **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
         self.mix_ratio = mix_ratio
@@ -74,6 +79,7 @@ class HybridPPO(PPO):
         self.segment_length, self.ood = segment_length, ood or OODConfig()
         self.offline_advantage_centering = offline_advantage_centering
         self.log_std_min = log_std_min
+        self.log_std_decay, self.log_std_decayed = log_std_decay, 0.0
         self.warmed_up = False
         self.warmup_stats: dict = {}
         self.policy_updates = 0  # train() calls, for bc_decay and the critic-only phase
@@ -266,6 +272,7 @@ class HybridPPO(PPO):
             if not continue_training:
                 break
         self.policy_updates += 1
+        self._decay_log_std()
 
         self._record_train_stats(entropy_losses, pg_losses, value_losses, bc_losses,
                                  approx_kl_divs, clip_fractions, loss, clip_range, offline_stats)
@@ -274,6 +281,20 @@ class HybridPPO(PPO):
             self.logger.record("train/bc_coeff", bc_coeff)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def _decay_log_std(self) -> None:
+        """Lower log_std to the schedule's value for the env steps so far (see log_std_decay).
+
+        Done after the update, so the next rollout's stored log-probs use the new noise and
+        every PPO ratio still starts at 1."""
+        if self.log_std_decay <= 0 or not hasattr(self.policy, "log_std"):
+            return
+        due = self.log_std_decay * (1.0 - self._current_progress_remaining) - self.log_std_decayed
+        with torch.no_grad():
+            self.policy.log_std.sub_(due)
+            if self.log_std_min is not None:
+                self.policy.log_std.clamp_(min=self.log_std_min)
+        self.log_std_decayed += due
 
     def _normalize_per_source(self, advantages: torch.Tensor, rhos: torch.Tensor,
                               offline: torch.Tensor) -> torch.Tensor:

@@ -153,6 +153,21 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertEqual(model.policy.optimizer.param_groups[0]["lr"], 0.0)  # the last update
 
 
+    def test_log_std_decay_follows_env_steps_and_floor(self):
+        start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
+        log_std0 = start.policy.log_std.detach().clone()
+        # actor frozen by critic-only updates: log_std moves by the schedule alone
+        model = self._learn(steps=256, critic_only_updates=4, log_std_decay=1.0)
+        torch.testing.assert_close(model.policy.log_std.detach(), log_std0 - 1.0)
+        rows = read_progress(self.work / "log" / "progress.csv")
+        stds = [float(r["train/std"]) for r in rows if r.get("train/std")]
+        expected = [float(torch.exp(log_std0 - d).mean()) for d in (0.25, 0.5, 0.75)]
+        np.testing.assert_allclose(stds, expected, rtol=1e-5)  # rows lag one update
+        floored = self._learn(steps=256, log="floor", log_std_decay=1.0, log_std_min=-0.5)
+        self.assertTrue(bool((floored.policy.log_std >= -0.5).all()))
+        self.assertAlmostEqual(floored.log_std_decayed, 1.0, places=6)
+
+
 class BestModelKeeperTest(IsolatedTestCase):
 
     def test_keeps_the_start_unless_beaten_and_names_the_source(self):
