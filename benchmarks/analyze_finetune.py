@@ -112,6 +112,9 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> tuple[str, dict]:
         md.append("")
         pairs = [(v, "bc_ppo") for v in rows if v != "bc_ppo" and "bc_ppo" in rows]
         pairs += [("hybrid", v) for v in rows if v.startswith("hybrid-") and "hybrid" in rows]
+        # a change made to both methods: compare them under it too
+        pairs += [(v, "bc_ppo" + v[len("hybrid"):]) for v in rows
+                  if v.startswith("hybrid-") and "bc_ppo" + v[len("hybrid"):] in rows]
         if pairs:
             md += ["Probability of improvement, last-3 mean, P(row > column) [95% CI]:", ""]
             for x, y in pairs:
