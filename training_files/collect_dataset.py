@@ -84,6 +84,9 @@ BUNDLED = {
     # its sampled actions score ~22 on D4RL's scale, below a third of the expert reference.
     ("mujoco", "ant", "simple-v0"): BundledRecipe("Ant-v4", "simple", seed=0,
                                                   env_kwargs={"use_contact_forces": True}),
+    # Humanoid-v4 (376-dim): no reference score exists; `simple` because the policy falls
+    # within ~150 of its 1,000 steps (reference_policies/README.md gives the naming rule).
+    ("mujoco", "humanoid", "simple-v0"): BundledRecipe("Humanoid-v4", "simple", seed=0),
 }
 
 
