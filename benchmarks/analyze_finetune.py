@@ -31,21 +31,27 @@ EARLY_STEPS = 50_000
 
 
 def load(path: Path) -> dict[str, dict[str, list[dict]]]:
-    """dataset -> variant -> runs (the last record of each seed wins)."""
+    """"env dataset" -> variant -> runs (the last record of each seed wins)."""
     runs: dict = defaultdict(lambda: defaultdict(dict))
     for line in path.read_text().splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        runs[r["dataset"]][r["variant"]][r["seed"]] = r
+        runs[f"{r.get('env', 'walker2d')} {r['dataset']}"][r["variant"]][r["seed"]] = r
     return {d: {v: [by_seed[s] for s in sorted(by_seed)] for v, by_seed in vs.items()}
             for d, vs in runs.items()}
 
 
+def score(evaluation: dict) -> float:
+    """Normalised score, or the raw return where no reference scores exist (humanoid)."""
+    normalised = evaluation.get("normalized_score")
+    return evaluation["mean_reward"] if normalised is None else normalised
+
+
 def per_run(r: dict) -> dict:
     curve = r["curve"]
-    scores = np.array([e["normalized_score"] for e in curve])
+    scores = np.array([score(e) for e in curve])
     steps = np.array([e["timesteps"] for e in curve])
     bc = scores[0]
     early = scores[(steps > 0) & (steps <= EARLY_STEPS)]
@@ -53,9 +59,9 @@ def per_run(r: dict) -> dict:
             "final": float(scores[-1]), "best": float(scores.max()),
             "worst_early_pct": float(100 * early.min() / bc) if len(early) else float("nan"),
             "worst_pct": float(100 * scores[1:].min() / bc) if len(scores) > 1 else float("nan"),
-            "bc_test": r["bc"]["test_eval"]["normalized_score"],
-            "final_test": r["final_test_eval"]["normalized_score"],
-            "result_test": r["result"]["test_eval"]["normalized_score"],
+            "bc_test": score(r["bc"]["test_eval"]),
+            "final_test": score(r["final_test_eval"]),
+            "result_test": score(r["result"]["test_eval"]),
             "result_source": r["result"]["source"],
             "warmup_ev": r["warmup"].get("warmup/explained_variance"),
             "warmup_rmse_frac": r["warmup"].get("warmup/rmse_fraction_of_mean"),
@@ -87,8 +93,9 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> tuple[str, dict]:
     for dataset, variants in runs.items():
         rows = {v: [per_run(r) for r in rs] for v, rs in variants.items()}
         js[dataset] = {"runs": rows}
-        md += [f"### walker2d {dataset}", "",
-               "IQM over seeds [95% stratified-bootstrap CI], normalised scores. BC = each seed's "
+        unit = "normalised scores" if dataset.split()[0] != "humanoid" else "raw returns (no reference scores)"
+        md += [f"### {dataset}", "",
+               f"IQM over seeds [95% stratified-bootstrap CI], {unit}. BC = each seed's "
                "step-0 evaluation (10 episodes, selection seeds); test = 20 episodes on other seeds.", "",
                "| variant | seeds | BC | last-3 mean | final eval | worst eval 0-50k, % of BC (mean / min) "
                "| worst eval overall, % of BC (min) | test: model handed over (source) | test: final model "
@@ -133,7 +140,7 @@ def plot_curves(dataset: str, variants: dict[str, list[dict]]) -> None:
     for v, rs in sorted(variants.items()):
         steps = np.array([e["timesteps"] for e in rs[0]["curve"]])
         n = min(len(r["curve"]) for r in rs)
-        scores = np.array([[e["normalized_score"] for e in r["curve"][:n]] for r in rs])
+        scores = np.array([[score(e) for e in r["curve"][:n]] for r in rs])
         mean = scores.mean(0)
         ax.plot(steps[:n], mean, label=f"{v} ({len(rs)} seeds)")
         if len(rs) > 1:
@@ -141,12 +148,13 @@ def plot_curves(dataset: str, variants: dict[str, list[dict]]) -> None:
             ax.fill_between(steps[:n], mean - half, mean + half, alpha=0.2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
     ax.set_xlabel("online env steps")
-    ax.set_ylabel("normalised score (10 episodes)")
-    ax.set_title(f"walker2d {dataset}: mean over seeds, 95% CI of the mean")
+    env, name = dataset.split()
+    ax.set_ylabel(("return" if env == "humanoid" else "normalised score") + " (10 episodes)")
+    ax.set_title(f"{dataset}: mean over seeds, 95% CI of the mean")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS_DIR / f"finetune_{dataset}.png", dpi=110)
+    fig.savefig(RESULTS_DIR / (f"finetune_{name}.png" if env == "walker2d" else f"finetune_{env}_{name}.png"), dpi=110)
     plt.close(fig)
 
 

@@ -24,6 +24,9 @@ except `hybrid-previous`, which switches all of this round's mechanisms off):
 
   python benchmarks/finetune.py --datasets medium-v0 --seeds 0 1 2 3 4 \\
       --variants hybrid bc_ppo --worker 0/2
+  # the learning curves of QUICKSTART's other envs, on their bundled data (one seed)
+  python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 \\
+      --variants hybrid bc_ppo --timesteps 500000
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "finetune.jsonl"
 RUNS = REPO / "benchmarks" / "runs" / "finetune"
 ENTRY = REPO / "training_files" / "train_hybrid_pipeline.py"
-HYBRID_KEY, BC_KEY = "Walker2d-v4-hybrid", "Walker2d-v4-bc-large"
+# QUICKSTART's hparam keys per --env
+KEYS = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid"),
+        "ant": ("Ant-v4-bc-large", "Ant-v4-hybrid"),
+        "humanoid": ("Humanoid-v4-bc-large", "Humanoid-v4-hybrid")}
 
 VARIANTS: dict[str, dict] = {
     "bc_ppo": {"flags": ["--mix_ratio", "0"]},
@@ -68,36 +74,39 @@ def finished(path: Path = RESULTS) -> set[tuple]:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash: that run simply reruns
-        done.add((r["dataset"], r["variant"], r["seed"], r["timesteps"]))
+        done.add((r.get("env", "walker2d"), r["dataset"], r["variant"], r["seed"], r["timesteps"]))
     return done
 
 
-def hparam_file(variant: str, runs: Path) -> Path | None:
+def hparam_file(variant: str, runs: Path, env: str = "walker2d") -> Path | None:
     """hparam.yml with the variant's changes to the hybrid entry (None: the file as it is)."""
     changes = VARIANTS[variant].get("hparams")
     if not changes:
         return None
+    bc_key, hybrid_key = KEYS[env]
     data = yaml.safe_load((REPO / "hparam.yml").read_text())
-    data = {BC_KEY: data[BC_KEY], HYBRID_KEY: {**data[HYBRID_KEY], **changes}}
-    path = runs / "hparams" / f"{variant}.yml"
+    data = {bc_key: data[bc_key], hybrid_key: {**data[hybrid_key], **changes}}
+    path = runs / "hparams" / f"{env}_{variant}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS) -> dict:
-    tag = f"{dataset}_{variant}_seed{seed}"
+def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS,
+            env: str = "walker2d") -> dict:
+    tag = f"{dataset}_{variant}_seed{seed}" if env == "walker2d" else f"{env}_{dataset}_{variant}_seed{seed}"
+    bc_key, hybrid_key = KEYS[env]
     save_file = runs / "models" / f"{tag}.zip"
     log_file = runs / "logs" / f"{tag}.json"
     log_file.unlink(missing_ok=True)
-    cmd = [sys.executable, str(ENTRY), "--dataset", "mujoco", "--env", "walker2d",
-           "--names", dataset, "--hparam_bc", BC_KEY, "--hparam_hybrid", HYBRID_KEY,
+    cmd = [sys.executable, str(ENTRY), "--dataset", "mujoco", "--env", env,
+           "--names", dataset, "--hparam_bc", bc_key, "--hparam_hybrid", hybrid_key,
            "--seed", str(seed), "--skip_bc", "--total_timesteps", str(timesteps),
-           "--bc_checkpoint_dir", str(runs / "bc" / f"seed{seed}"),
+           "--bc_checkpoint_dir", str(runs / "bc" / f"seed{seed}"),  # per env inside
            "--save_file", str(save_file), "--log_file", str(log_file),
            "--no_progress", "--torch_threads", "1", "--device", "cpu",
            *VARIANTS[variant].get("flags", [])]
-    hparams = hparam_file(variant, runs)
+    hparams = hparam_file(variant, runs, env)
     if hparams is not None:
         cmd += ["--hparam_file", str(hparams)]
     started = time.time()
@@ -111,7 +120,7 @@ def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
     # Paths relative to the repository (and ~ for HOME), so results name no machine's folders.
     entry = json.loads(json.dumps(entry).replace(f"{REPO}/", "").replace(str(Path.home()), "~"))
     cmd = [str(Path(c).relative_to(REPO)) if c.startswith(f"{REPO}/") else c for c in cmd]
-    return {"dataset": dataset, "variant": variant, "seed": seed, "timesteps": timesteps,
+    return {"env": env, "dataset": dataset, "variant": variant, "seed": seed, "timesteps": timesteps,
             "command": cmd[1:], "wall_time_s": round(time.time() - started, 1),
             "bc": entry["bc"], "warmup": entry["warmup"], "curve": entry["evaluations"],
             "best_eval": entry["best_eval"], "final_test_eval": entry["final_test_eval"],
@@ -129,6 +138,8 @@ def append_result(record: dict, path: Path = RESULTS) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", choices=list(KEYS), default="walker2d",
+                   help="QUICKSTART's --env; its hparam keys are QUICKSTART's (default: walker2d)")
     p.add_argument("--datasets", nargs="+", default=["medium-v0"])
     p.add_argument("--variants", nargs="+", default=["hybrid", "bc_ppo"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -140,7 +151,7 @@ def main() -> None:
     index, count = (int(x) for x in args.worker.split("/"))
     done = finished(args.results)
     pending = [(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants
-               if (d, v, s, args.timesteps) not in done]
+               if (args.env, d, v, s, args.timesteps) not in done]
     # Round robin: two workers on one seed share its BC (the pipeline's BC lock makes the
     # second wait for the first's training, then reuse it).
     mine = pending[index::count]
@@ -148,15 +159,16 @@ def main() -> None:
     for dataset, variant, seed in mine:
         print(f"-> {dataset} {variant} seed {seed}", flush=True)
         try:
-            record = run_one(dataset, variant, seed, args.timesteps, args.runs_dir.resolve())
+            record = run_one(dataset, variant, seed, args.timesteps, args.runs_dir.resolve(),
+                             args.env)
         except RuntimeError as exc:  # one failed run must not stop the others
             print(f"   FAILED: {exc}", flush=True)
             continue
         append_result(record, args.results)
-        res = record["result"]
-        print(f"   done in {record['wall_time_s']} s: {res['source']} model, test "
-              f"{res['test_eval']['normalized_score']:.1f} (BC {record['bc']['test_eval']['normalized_score']:.1f})",
-              flush=True)
+        res, bc = record["result"]["test_eval"], record["bc"]["test_eval"]
+        key = "normalized_score" if res.get("normalized_score") is not None else "mean_reward"
+        print(f"   done in {record['wall_time_s']} s: {record['result']['source']} model, test "
+              f"{key} {res[key]:.1f} (BC {bc[key]:.1f})", flush=True)
 
 
 if __name__ == "__main__":
