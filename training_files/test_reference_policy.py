@@ -158,6 +158,28 @@ class BundledRecipeWithEnvKwargsTest(IsolatedTestCase):
             with self.subTest(name=f"{dataset}/{env}/{name}"):
                 self.assertTrue((REFERENCE_DIR / env / f"{recipe.policy}.zip").exists())
 
+    def test_bundled_ant_and_humanoid_policies_generate_deterministically_in_the_keys_shapes(self):
+        """The committed policies run on their recipe's env (Ant-v4 with contact forces: 111
+        dims, D4RL's layout; Humanoid-v4: 376) and give the same bytes for a seed."""
+        from collect_dataset import collect_episodes
+        from hparams import validate_file
+
+        entries = validate_file()
+        for key, dims in ((("mujoco", "ant", "simple-v0"), 111),
+                          (("mujoco", "humanoid", "simple-v0"), 376)):
+            recipe = BUNDLED[key]
+            entry = entries[f"{recipe.env_id}-hybrid"]
+            with self.subTest(key=key):
+                self.assertEqual((recipe.env_id, recipe.env_kwargs), (entry.env_id, entry.env_kwargs))
+                runs = [collect_episodes(recipe.env_id, REFERENCE_DIR / key[1] / f"{recipe.policy}.zip",
+                                         2, recipe.seed, env_kwargs=recipe.env_kwargs,
+                                         deterministic=recipe.deterministic, progress=False,
+                                         n_envs=2) for _ in range(2)]
+                self.assertEqual(runs[0][0].observations.shape[1], dims)
+                for a, b in zip(*runs, strict=True):
+                    np.testing.assert_array_equal(a.observations, b.observations)
+                    np.testing.assert_array_equal(a.actions, b.actions)
+
 
 if __name__ == "__main__":
     unittest.main()
