@@ -9,18 +9,22 @@ into benchmarks/results/finetune.jsonl when it finishes; a rerun skips finished 
 
 Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing,
 except `hybrid-previous`, which switches all of this round's mechanisms off):
-  bc_ppo                  --mix_ratio 0: PPO started from BC (same warm-ups and schedule)
+  bc_ppo                  --mix_ratio 0: PPO started from BC (same warm-ups and schedules)
   hybrid                  QUICKSTART defaults
   hybrid-no_critic_only   critic_only_updates 0
   hybrid-constant_lr      lr_schedule constant
   hybrid-mean_centering   offline_advantage_centering mean (SB3's rule per source)
   hybrid-bc_coeff_0.05    --bc_coeff 0.05 (10x the default)
-  hybrid-log_std_subtract_1  --log_std_subtract 1.0: explore with e^-1 of BC's noise (the
-                          deterministic policy is what is evaluated; the noisy one is trained)
-  hybrid-log_std_decay_1  log_std_decay 1.0: the exploration noise falls linearly from BC's
-                          to e^-1 of it over the run
-  bc_ppo-log_std_decay_1  PPO-from-BC with the same noise schedule
-  hybrid-previous         all three off: the method as it stood before this benchmark
+  hybrid-log_std_decay_0  log_std_decay 0: explore with BC's noise all run (the default until
+                          this benchmark showed otherwise); bc_ppo-log_std_decay_0 likewise
+  hybrid-log_std_subtract_1  --log_std_subtract 1.0 with log_std_decay 0: cut the noise to
+                          e^-1 of BC's at once instead of over the run
+  hybrid-previous         critic-only updates, lr schedule, rho centring and noise schedule off:
+                          the method as it stood before this round
+
+Results of runs made before log_std_decay became the default were relabelled to these names
+(their `config` field shows what ran): `hybrid`/`bc_ppo` of that time are
+`hybrid-log_std_decay_0`/`bc_ppo-log_std_decay_0`.
 
   python benchmarks/finetune.py --datasets medium-v0 --seeds 0 1 2 3 4 \\
       --variants hybrid bc_ppo --worker 0/2
@@ -50,6 +54,7 @@ KEYS = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid"),
         "ant": ("Ant-v4-bc-large", "Ant-v4-hybrid"),
         "humanoid": ("Humanoid-v4-bc-large", "Humanoid-v4-hybrid")}
 
+NO_DECAY = {"log_std_decay": 0.0}
 VARIANTS: dict[str, dict] = {
     "bc_ppo": {"flags": ["--mix_ratio", "0"]},
     "hybrid": {},
@@ -57,11 +62,11 @@ VARIANTS: dict[str, dict] = {
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant"}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean"}},
     "hybrid-bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
-    "hybrid-log_std_subtract_1": {"flags": ["--log_std_subtract", "1.0"]},
-    "hybrid-log_std_decay_1": {"hparams": {"log_std_decay": 1.0}},
-    "bc_ppo-log_std_decay_1": {"flags": ["--mix_ratio", "0"], "hparams": {"log_std_decay": 1.0}},
+    "hybrid-log_std_decay_0": {"hparams": NO_DECAY},
+    "bc_ppo-log_std_decay_0": {"flags": ["--mix_ratio", "0"], "hparams": NO_DECAY},
+    "hybrid-log_std_subtract_1": {"flags": ["--log_std_subtract", "1.0"], "hparams": NO_DECAY},
     "hybrid-previous": {"hparams": {"critic_only_updates": 0, "lr_schedule": "constant",
-                                    "offline_advantage_centering": "mean"}},
+                                    "offline_advantage_centering": "mean", **NO_DECAY}},
 }
 
 

@@ -8,13 +8,21 @@ phase() {
   for w in 0 1; do python benchmarks/finetune.py "$@" --worker "$w/2" & done
   wait
 }
-# 1. headline on medium data: HybridPPO against PPO-from-BC, 5 seeds
-phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid bc_ppo
+# 1. headline on medium data: HybridPPO against PPO-from-BC, 10 seeds
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid bc_ppo
 # 2. expert data, 5 seeds
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid
-# 3. ablations on medium data, 3 seeds: every new mechanism off, and less exploration noise
-phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-previous hybrid-log_std_subtract_1
-# 4. not run in the first session: a 10x BC term, one mechanism off at a time
-phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-bc_coeff_0.05 hybrid-no_critic_only \
-  hybrid-constant_lr hybrid-mean_centering
+# 3. the noise schedule: without it (the previous default), and cutting the noise at once
+phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
+  bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1
+phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0
+# 4. ablations on medium data, 3 seeds: one mechanism off at a time, all off, a 10x BC term
+phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-no_critic_only hybrid-constant_lr \
+  hybrid-mean_centering hybrid-previous hybrid-bc_coeff_0.05
+# 5. QUICKSTART's other envs on their bundled data, one seed (learning curves)
+python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 --variants hybrid bc_ppo \
+  --timesteps 500000 &
+python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 0 \
+  --variants hybrid bc_ppo --timesteps 500000 &
+wait
 python benchmarks/analyze_finetune.py
