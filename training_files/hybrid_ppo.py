@@ -113,13 +113,20 @@ class HybridPPO(PPO):
         noise every later update will allow."""
         with torch.no_grad():
             self.policy.log_std.sub_(amount)
-            if self.log_std_min is not None:
-                floored = int((self.policy.log_std < self.log_std_min).sum())
-                self.policy.log_std.clamp_(min=self.log_std_min)
-                if floored:
-                    print(f"HybridPPO: {floored} of {self.policy.log_std.numel()} log_std entries "
-                          f"raised to the floor log_std_min={self.log_std_min} (BC's noise minus "
-                          f"--log_std_subtract {amount} was below it)")
+        floored = self._floor_log_std()
+        if floored:
+            print(f"HybridPPO: {floored} of {self.policy.log_std.numel()} log_std entries "
+                  f"raised to the floor log_std_min={self.log_std_min} (BC's noise minus "
+                  f"--log_std_subtract {amount} was below it)")
+
+    def _floor_log_std(self) -> int:
+        """Clamp log_std at log_std_min (if set); returns how many entries were below it."""
+        if self.log_std_min is None or not hasattr(self.policy, "log_std"):
+            return 0
+        with torch.no_grad():
+            below = int((self.policy.log_std < self.log_std_min).sum())
+            self.policy.log_std.clamp_(min=self.log_std_min)
+        return below
 
     def set_offline_data(self, data: OfflineData, behaviour_policy=None) -> None:
         """Move the dataset to the device once and fix mu for every transition."""
@@ -265,9 +272,7 @@ class HybridPPO(PPO):
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
-                if self.log_std_min is not None and hasattr(self.policy, "log_std"):
-                    with torch.no_grad():
-                        self.policy.log_std.clamp_(min=self.log_std_min)
+                self._floor_log_std()
             self._n_updates += 1
             if not continue_training:
                 break
@@ -292,8 +297,7 @@ class HybridPPO(PPO):
         due = self.log_std_decay * (1.0 - self._current_progress_remaining) - self.log_std_decayed
         with torch.no_grad():
             self.policy.log_std.sub_(due)
-            if self.log_std_min is not None:
-                self.policy.log_std.clamp_(min=self.log_std_min)
+        self._floor_log_std()
         self.log_std_decayed += due
 
     def _normalize_per_source(self, advantages: torch.Tensor, rhos: torch.Tensor,

@@ -161,7 +161,6 @@ class BundledRecipeWithEnvKwargsTest(IsolatedTestCase):
     def test_bundled_ant_and_humanoid_policies_generate_deterministically_in_the_keys_shapes(self):
         """The committed policies run on their recipe's env (Ant-v4 with contact forces: 111
         dims, D4RL's layout; Humanoid-v4: 376) and give the same bytes for a seed."""
-        from collect_dataset import collect_episodes
         from hparams import validate_file
 
         entries = validate_file()
@@ -171,7 +170,7 @@ class BundledRecipeWithEnvKwargsTest(IsolatedTestCase):
             entry = entries[f"{recipe.env_id}-hybrid"]
             with self.subTest(key=key):
                 self.assertEqual((recipe.env_id, recipe.env_kwargs), (entry.env_id, entry.env_kwargs))
-                runs = [collect_episodes(recipe.env_id, REFERENCE_DIR / key[1] / f"{recipe.policy}.zip",
+                runs = [collect_dataset.collect_episodes(recipe.env_id, REFERENCE_DIR / key[1] / f"{recipe.policy}.zip",
                                          2, recipe.seed, env_kwargs=recipe.env_kwargs,
                                          deterministic=recipe.deterministic, progress=False,
                                          n_envs=2) for _ in range(2)]
