@@ -102,6 +102,9 @@ class HybridConfig(EnvConfig):
     """The BC term's weight is bc_coeff * bc_decay ** update (DAPG's lambda0 * lambda1^k)."""
     offline_advantage_centering: Literal["mean", "rho", "none"] = "mean"
     """How V-trace advantages are normalised per minibatch (see HybridPPO)."""
+    offline_advantages: Literal["signed", "positive"] = "signed"
+    """positive: offline samples enter the policy gradient only where their normalised V-trace
+    advantage is positive (self-imitation of the data's better actions); signed: as online."""
     log_std_decay: float = Field(0.0, ge=0)
     """Exploration noise schedule: log_std falls linearly by this much over the run (on top of
     what PPO learns), so the noisy policy that is trained ends closer to the deterministic one

@@ -54,6 +54,14 @@ class HybridPPO(PPO):
         "mean" subtracts their mean (SB3's rule, biased off-policy: it adds -b E_mu[grad log pi],
         not zero once pi != mu), "rho" subtracts rho * b (E_mu[rho grad log pi] = 0 when rho is
         not truncated), "none" only divides by their RMS.
+    :param offline_advantages: "positive" keeps only the offline samples whose normalised
+        V-trace advantage is positive in the policy gradient (zero elsewhere): the data pull pi
+        towards their actions that beat pi's value and never push pi away from the others.
+        Self-imitation learning (Oh et al. 2018) and CRR's binary filter do the same. The pull
+        is strong while the data beat the policy (a collapse on expert data) and fades by
+        itself once the policy beats the data (medium data), with no coefficient to tune.
+        Pushing away is the part to distrust: it acts on actions pi rarely takes, where the
+        ratio and the critic are least reliable. "signed": both signs, as online.
     :param log_std_decay: after each update log_std is lowered so that by the end of the run
         it has fallen by this much in total, linearly in env steps (floored at log_std_min).
         BC's log_std is the noise of the data; PPO at a fine-tuning learning rate barely moves
@@ -68,6 +76,7 @@ class HybridPPO(PPO):
                  critic_only_updates: int = 0, segment_length: int = 64,
                  ood: OODConfig | None = None,
                  offline_advantage_centering: Literal["mean", "rho", "none"] = "mean",
+                 offline_advantages: Literal["signed", "positive"] = "signed",
                  log_std_min: float | None = None, log_std_decay: float = 0.0, **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
@@ -78,6 +87,7 @@ class HybridPPO(PPO):
         self.warmup_batch_size, self.critic_only_updates = warmup_batch_size, critic_only_updates
         self.segment_length, self.ood = segment_length, ood or OODConfig()
         self.offline_advantage_centering = offline_advantage_centering
+        self.offline_advantages = offline_advantages
         self.log_std_min = log_std_min
         self.log_std_decay, self.log_std_decayed = log_std_decay, 0.0
         self.warmed_up = False
@@ -230,6 +240,8 @@ class HybridPPO(PPO):
                 values = values.flatten()
                 offline_mb, weights = is_offline[mb], batch.weights[mb]
                 advantages = self._normalize_per_source(batch.advantages[mb], batch.rhos[mb], offline_mb)
+                if self.offline_advantages == "positive":
+                    advantages = torch.where(offline_mb, advantages.clamp(min=0.0), advantages)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob[mb])
                 surrogate = torch.min(advantages * ratio,

@@ -98,6 +98,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         warmup_learning_rate=cfg.warmup_learning_rate, warmup_batch_size=cfg.warmup_batch_size,
         critic_only_updates=cfg.critic_only_updates, segment_length=cfg.segment_length,
         ood=cfg.ood, offline_advantage_centering=cfg.offline_advantage_centering,
+        offline_advantages=cfg.offline_advantages,
         log_std_min=cfg.log_std_min, log_std_decay=cfg.log_std_decay)
     try:
         model.load_bc_checkpoint(bc_checkpoint)

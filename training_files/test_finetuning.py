@@ -4,7 +4,7 @@
   the same episode seeds; dummy and subproc rollouts give the same samples for the same seeds.
 - Critic-only updates leave the actor untouched and move the critic; the linear lr schedule
   reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
-  documented; the best-model keeper never hands over a model measured worse than the start.
+  documented; positive-only offline advantages never push the actor away from the data; the best-model keeper never hands over a model measured worse than the start.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from evaluation import EvalEnv
 from hybrid_training import BestModelKeeper, HybridResult
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
-                             setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs)
+                             setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs,
+                             with_fields)
 from testing_utils import IsolatedTestCase
 
 warnings.filterwarnings("ignore", message=".*is out of date.*")
@@ -140,6 +141,27 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         # rho-weighted centring removes the baseline where rho is large, keeps it where small
         self.assertAlmostEqual((rhos[3:] * 0 + rho_centred).sum().item(), 0.0, places=4)
         self.assertFalse(torch.allclose(out["rho"][3:], out["mean"][3:]))
+
+    def test_positive_offline_advantages_never_push_away_from_the_data(self):
+        # Every offline reward -100, critic at ~0: every V-trace advantage is negative, and
+        # centring "none" keeps the sign. All samples offline (mix_ratio 1): with "positive"
+        # no sample carries a policy gradient, so the actor stays; with "signed" it moves.
+        data = stochastic_data()
+        data = with_fields(data, rewards=np.full_like(data.rewards, -100.0))
+        start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
+        runs = {}
+        for mode in ("positive", "signed"):
+            model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1, offline_data=data,
+                                segment_length=16, policy_kwargs=tiny_policy_kwargs(),
+                                mix_ratio=1.0, offline_advantage_centering="none",
+                                offline_advantages=mode)
+            model.set_logger(configure(str(self.work / mode), ["csv"]))
+            model.learn(64)  # one update: its advantages come from the untrained critic
+            runs[mode] = self._actor(model)
+        for k, v in self._actor(start).items():
+            self.assertTrue(torch.equal(v, runs["positive"][k]), k)
+        self.assertTrue(any(not torch.equal(v, runs["signed"][k])
+                            for k, v in self._actor(start).items()))
 
     def test_linear_lr_schedule_reaches_zero(self):
         from stable_baselines3.common.utils import LinearSchedule
