@@ -30,15 +30,15 @@ REPS = 20_000
 EARLY_STEPS = 50_000
 
 
-def load(path: Path) -> dict[str, dict[str, list[dict]]]:
-    """"env dataset" -> variant -> runs (the last record of each seed wins)."""
+def load(path: Path) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """(env, dataset) -> variant -> runs (the last record of each seed wins)."""
     runs: dict = defaultdict(lambda: defaultdict(dict))
     for line in path.read_text().splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        runs[f"{r.get('env', 'walker2d')} {r['dataset']}"][r["variant"]][r["seed"]] = r
+        runs[(r.get("env", "walker2d"), r["dataset"])][r["variant"]][r["seed"]] = r
     return {d: {v: [by_seed[s] for s in sorted(by_seed)] for v, by_seed in vs.items()}
             for d, vs in runs.items()}
 
@@ -47,6 +47,12 @@ def score(evaluation: dict) -> float:
     """Normalised score, or the raw return where no reference scores exist (humanoid)."""
     normalised = evaluation.get("normalized_score")
     return evaluation["mean_reward"] if normalised is None else normalised
+
+
+def normalised(variants: dict[str, list[dict]]) -> bool:
+    """Whether these runs' evaluations carry normalised scores (data with reference scores)."""
+    return all(r["curve"][0].get("normalized_score") is not None
+               for rs in variants.values() for r in rs)
 
 
 def per_run(r: dict) -> dict:
@@ -68,18 +74,18 @@ def per_run(r: dict) -> dict:
             "wall_min": r["wall_time_s"] / 60}
 
 
-def iqm_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+def iqm_ci(values: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
     point, interval = rly.get_interval_estimates(
         {"x": values.reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]),
-        reps=REPS, random_state=np.random.RandomState(seed))
+        reps=reps, random_state=np.random.RandomState(0))
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
-def prob_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+def prob_improvement(x: np.ndarray, y: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
     """P(X > Y) over runs (ties count half), with a stratified-bootstrap 95% CI."""
     point, interval = rly.get_interval_estimates(
         {"p": (x.reshape(-1, 1), y.reshape(-1, 1))}, metrics.probability_of_improvement,
-        reps=REPS, random_state=np.random.RandomState(seed))
+        reps=reps, random_state=np.random.RandomState(0))
     low, high = np.ravel(interval["p"])
     return float(np.ravel(point["p"])[0]), float(low), float(high)
 
@@ -88,12 +94,14 @@ def fmt_ci(t: tuple[float, float, float]) -> str:
     return f"{t[0]:.1f} [{t[1]:.1f}, {t[2]:.1f}]"
 
 
-def summarise(runs: dict[str, dict[str, list[dict]]]) -> tuple[str, dict]:
+def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = REPS,
+              out_dir: Path = RESULTS_DIR) -> tuple[str, dict]:
     md, js = [], {}
-    for dataset, variants in runs.items():
+    for (env, name), variants in runs.items():
+        dataset = f"{env} {name}"
         rows = {v: [per_run(r) for r in rs] for v, rs in variants.items()}
         js[dataset] = {"runs": rows}
-        unit = "normalised scores" if dataset.split()[0] != "humanoid" else "raw returns (no reference scores)"
+        unit = "normalised scores" if normalised(variants) else "raw returns (no reference scores)"
         md += [f"### {dataset}", "",
                f"IQM over seeds [95% stratified-bootstrap CI], {unit}. BC = each seed's "
                "step-0 evaluation (10 episodes, selection seeds); test = 20 episodes on other seeds.", "",
@@ -105,7 +113,7 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> tuple[str, dict]:
             col = lambda k: np.array([r[k] for r in rs], dtype=float)  # noqa: E731
             sources = ", ".join(f"{s}:{[r['result_source'] for r in rs].count(s)}"
                                 for s in ("bc", "best", "final") if any(r["result_source"] == s for r in rs))
-            stats = {k: iqm_ci(col(k)) for k in ("bc_score", "last3", "final", "result_test",
+            stats = {k: iqm_ci(col(k), reps) for k in ("bc_score", "last3", "final", "result_test",
                                                  "final_test", "bc_test")}
             js[dataset][v] = {"seeds": [r["seed"] for r in rs], **{k: list(t) for k, t in stats.items()},
                               "worst_early_pct_mean": float(np.nanmean(col("worst_early_pct"))),
@@ -127,15 +135,15 @@ def summarise(runs: dict[str, dict[str, list[dict]]]) -> tuple[str, dict]:
             for x, y in pairs:
                 seeds = sorted(set(r["seed"] for r in rows[x]) & set(r["seed"] for r in rows[y]))
                 pick = lambda v: np.array([r["last3"] for r in rows[v] if r["seed"] in seeds])  # noqa: E731
-                p = prob_improvement(pick(x), pick(y))
+                p = prob_improvement(pick(x), pick(y), reps)
                 js[dataset][f"P({x} > {y})"] = list(p)
                 md.append(f"- P({x} > {y}) = {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}] over seeds {seeds}")
             md.append("")
-        plot_curves(dataset, variants)
+        plot_curves(env, name, variants, out_dir)
     return "\n".join(md), js
 
 
-def plot_curves(dataset: str, variants: dict[str, list[dict]]) -> None:
+def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for v, rs in sorted(variants.items()):
         steps = np.array([e["timesteps"] for e in rs[0]["curve"]])
@@ -148,23 +156,26 @@ def plot_curves(dataset: str, variants: dict[str, list[dict]]) -> None:
             ax.fill_between(steps[:n], mean - half, mean + half, alpha=0.2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
     ax.set_xlabel("online env steps")
-    env, name = dataset.split()
-    ax.set_ylabel(("return" if env == "humanoid" else "normalised score") + " (10 episodes)")
-    ax.set_title(f"{dataset}: mean over seeds, 95% CI of the mean")
+    ax.set_ylabel(("normalised score" if normalised(variants) else "return") + " (10 episodes)")
+    ax.set_title(f"{env} {name}: mean over seeds, 95% CI of the mean")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS_DIR / (f"finetune_{name}.png" if env == "walker2d" else f"finetune_{env}_{name}.png"), dpi=110)
+    fig.savefig(out_dir / (f"finetune_{name}.png" if env == "walker2d" else f"finetune_{env}_{name}.png"), dpi=110)
     plt.close(fig)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=RESULTS_DIR / "finetune.jsonl")
+    p.add_argument("--reps", type=int, default=REPS,
+                   help=f"bootstrap resamples per CI (default {REPS}; fewer for a quick look)")
+    p.add_argument("--out_dir", type=Path, default=RESULTS_DIR, help="where tables and plots go")
     args = p.parse_args()
-    md, js = summarise(load(args.results))
-    (RESULTS_DIR / "finetune_summary.md").write_text(md + "\n")
-    (RESULTS_DIR / "finetune_summary.json").write_text(json.dumps(js, indent=1) + "\n")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = summarise(load(args.results), args.reps, args.out_dir)
+    (args.out_dir / "finetune_summary.md").write_text(md + "\n")
+    (args.out_dir / "finetune_summary.json").write_text(json.dumps(js, indent=1) + "\n")
     print(md)
 
 
