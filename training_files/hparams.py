@@ -102,6 +102,9 @@ class HybridConfig(EnvConfig):
     """The BC term's weight is bc_coeff * bc_decay ** update (DAPG's lambda0 * lambda1^k)."""
     offline_advantage_centering: Literal["mean", "rho", "none"] = "mean"
     """How V-trace advantages are normalised per minibatch (see HybridPPO)."""
+    offline_policy_updates: int = Field(0, ge=0)
+    """PPO updates on offline samples alone before the first rollout (offline improvement from
+    the data's rewards, as one-step RL / BPPO do); 0: off."""
     offline_advantages: Literal["signed", "positive"] = "signed"
     """positive: offline samples enter the policy gradient only where their normalised V-trace
     advantage is positive (self-imitation of the data's better actions); signed: as online."""

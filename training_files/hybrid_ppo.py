@@ -7,7 +7,8 @@ stay apart: mu (behaviour, fixed: the frozen BC policy or the dataset's own log-
 (policy at the start of this update, the PPO ratio's denominator for both sources) and pi (the
 policy being optimised).
 
-Only `train()` and `_setup_learn()` are overridden (the way sb3-contrib's MaskablePPO does), so
+Only `train()`, `_setup_learn()` (critic warm-up) and `collect_rollouts()` (the optional
+offline improvement before the first rollout) are overridden, calling SB3's own, so
 SB3's rollouts, logger keys and save/load stay intact; a saved zip loads with `PPO.load`. With
 every mechanism switched off (mix_ratio 0, bc_coeff 0, no warm-up, no critic-only updates),
 `train()` is SB3's PPO.train bit for bit (tested).
@@ -54,6 +55,12 @@ class HybridPPO(PPO):
         "mean" subtracts their mean (SB3's rule, biased off-policy: it adds -b E_mu[grad log pi],
         not zero once pi != mu), "rho" subtracts rho * b (E_mu[rho grad log pi] = 0 when rho is
         not truncated), "none" only divides by their RMS.
+    :param offline_policy_updates: updates on offline samples alone (one rollout's worth each,
+        V-trace under the current policy, PPO's clip), after the critic warm-up and before the
+        first rollout: offline policy improvement from the data's rewards, which BC ignores.
+        One-step RL (Brandfonbrener et al. 2021) improves on BC from one critic fit of the
+        behaviour policy; BPPO / Uni-O4 do it with PPO's clipped objective, as here. PPO
+        started from BC cannot do this: its first improvement costs env steps.
     :param offline_advantages: "positive" keeps only the offline samples whose normalised
         V-trace advantage is positive in the policy gradient (zero elsewhere): the data pull pi
         towards their actions that beat pi's value and never push pi away from the others.
@@ -77,6 +84,7 @@ class HybridPPO(PPO):
                  ood: OODConfig | None = None,
                  offline_advantage_centering: Literal["mean", "rho", "none"] = "mean",
                  offline_advantages: Literal["signed", "positive"] = "signed",
+                 offline_policy_updates: int = 0,
                  log_std_min: float | None = None, log_std_decay: float = 0.0, **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
@@ -88,6 +96,9 @@ class HybridPPO(PPO):
         self.segment_length, self.ood = segment_length, ood or OODConfig()
         self.offline_advantage_centering = offline_advantage_centering
         self.offline_advantages = offline_advantages
+        self.offline_policy_updates, self.offline_improved = offline_policy_updates, False
+        self.offline_improvement_seconds = 0.0
+        self._offline_only = False  # the current update draws offline samples alone
         self.log_std_min = log_std_min
         self.log_std_decay, self.log_std_decayed = log_std_decay, 0.0
         self.warmed_up = False
@@ -149,6 +160,31 @@ class HybridPPO(PPO):
             self.warm_up_value_function(self.warm_start_steps)
         return out
 
+    def collect_rollouts(self, *args, **kwargs) -> bool:
+        # The offline improvement runs here, not in _setup_learn: callbacks' on_training_start
+        # (the step-0 evaluation, BC's score and the best-model keeper's first candidate) comes
+        # between the two, and must still see the BC policy.
+        if self.offline is not None and self.offline_policy_updates > 0 and not self.offline_improved:
+            self.improve_offline(self.offline_policy_updates)
+        return super().collect_rollouts(*args, **kwargs)
+
+    def improve_offline(self, n_updates: int) -> None:
+        """n_updates PPO updates on offline samples alone, before the first env step (see
+        offline_policy_updates). They do not count as the online updates that the critic-only
+        phase and bc_decay count; their stats are logged once, at step 0."""
+        started = time.perf_counter()
+        self._offline_only = True
+        try:
+            for _ in range(n_updates):
+                self.train()
+        finally:
+            self._offline_only = False
+        self.offline_improved = True
+        self.offline_improvement_seconds = time.perf_counter() - started
+        self.logger.record("offline_improvement/updates", n_updates)
+        self.logger.record("offline_improvement/seconds", self.offline_improvement_seconds)
+        self.logger.dump(self.num_timesteps)
+
     def warm_up_value_function(self, grad_steps: int) -> dict:
         """Fit V to the dataset's returns with the actor frozen (see critic_warmup.py)."""
         started = time.perf_counter()
@@ -166,6 +202,8 @@ class HybridPPO(PPO):
     def _sample_counts(self) -> tuple[int, int]:
         """(online, offline) samples of one update; see mix_ratio in the class docstring."""
         n_rollout = self.n_steps * self.n_envs
+        if self._offline_only:
+            return 0, n_rollout
         if self.offline is None or self.mix_ratio == 0:
             return n_rollout, 0
         if self.mix_ratio <= 0.5:
@@ -213,7 +251,7 @@ class HybridPPO(PPO):
         """One PPO update over online GAE samples and offline V-trace samples."""
         self.policy.set_training_mode(False)
         batch, is_offline, offline_stats = self._update_samples()
-        critic_only = self.policy_updates < self.critic_only_updates
+        critic_only = not self._offline_only and self.policy_updates < self.critic_only_updates
         bc_coeff = self.bc_coeff * self.bc_decay ** self.policy_updates
 
         self.policy.set_training_mode(True)
@@ -288,8 +326,9 @@ class HybridPPO(PPO):
             self._n_updates += 1
             if not continue_training:
                 break
-        self.policy_updates += 1
-        self._decay_log_std()
+        if not self._offline_only:
+            self.policy_updates += 1
+            self._decay_log_std()
 
         self._record_train_stats(entropy_losses, pg_losses, value_losses, bc_losses,
                                  approx_kl_divs, clip_fractions, loss, clip_range, offline_stats)

@@ -99,6 +99,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         critic_only_updates=cfg.critic_only_updates, segment_length=cfg.segment_length,
         ood=cfg.ood, offline_advantage_centering=cfg.offline_advantage_centering,
         offline_advantages=cfg.offline_advantages,
+        offline_policy_updates=cfg.offline_policy_updates,
         log_std_min=cfg.log_std_min, log_std_decay=cfg.log_std_decay)
     try:
         model.load_bc_checkpoint(bc_checkpoint)
@@ -211,7 +212,8 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     eval_env.close()
     model.env.close()
     seconds = {**stage_times.seconds, "periodic_evaluation": evaluator.seconds,
-               "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0)}
+               "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0),
+               "offline_improvement": model.offline_improvement_seconds}
     return HybridResult(save_file=save_file, best_file=keeper.path,
                         timesteps=int(model.num_timesteps), interrupted=interrupted,
                         final_eval=evaluator.history[-1], best_eval=keeper.best,

@@ -4,7 +4,8 @@
   the same episode seeds; dummy and subproc rollouts give the same samples for the same seeds.
 - Critic-only updates leave the actor untouched and move the critic; the linear lr schedule
   reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
-  documented; positive-only offline advantages never push the actor away from the data; the best-model keeper never hands over a model measured worse than the start.
+  documented; positive-only offline advantages never push the actor away from the data; offline policy
+  updates move the actor before the first env step; the best-model keeper never hands over a model measured worse than the start.
 """
 
 from __future__ import annotations
@@ -162,6 +163,25 @@ class FineTuningMechanismsTest(IsolatedTestCase):
             self.assertTrue(torch.equal(v, runs["positive"][k]), k)
         self.assertTrue(any(not torch.equal(v, runs["signed"][k])
                             for k, v in self._actor(start).items()))
+
+    def test_offline_policy_updates_move_the_actor_before_any_env_step(self):
+        # Critic-only for every online update: only the offline updates can move the actor.
+        start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
+        frozen = self._learn(steps=128, critic_only_updates=2, warm_start_steps=20)
+        improved = self._learn(steps=128, log="improved", critic_only_updates=2,
+                               warm_start_steps=20, offline_policy_updates=3)
+        for k, v in self._actor(start).items():
+            self.assertTrue(torch.equal(v, self._actor(frozen)[k]), k)
+        self.assertTrue(any(not torch.equal(v, self._actor(improved)[k])
+                            for k, v in self._actor(start).items()))
+        # they are not online updates: the critic-only phase still covered both rollouts
+        self.assertEqual(improved.policy_updates, 2)
+        rows = read_progress(self.work / "improved" / "progress.csv")
+        marked = [i for i, r in enumerate(rows) if r.get("offline_improvement/updates")]
+        self.assertEqual([rows[i]["offline_improvement/updates"] for i in marked], ["3"])
+        self.assertEqual(rows[marked[0]]["train/critic_only"], "0")  # the offline updates' row
+        later = [r["train/critic_only"] for r in rows[marked[0] + 1:] if r.get("train/critic_only")]
+        self.assertTrue(later and set(later) == {"1"}, later)
 
     def test_linear_lr_schedule_reaches_zero(self):
         from stable_baselines3.common.utils import LinearSchedule
