@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from critic_warmup import warm_up_critic
 from hparams import OODConfig
-from offline_batch import OfflineBuffer, UpdateSamples
+from offline_batch import OfflineBuffer, UpdateSamples, normalise_per_source
 from offline_data import OfflineData
 
 class HybridPPO(PPO):
@@ -277,7 +277,10 @@ class HybridPPO(PPO):
                 values, log_prob, entropy = self.policy.evaluate_actions(batch.observations[mb], actions)
                 values = values.flatten()
                 offline_mb, weights = is_offline[mb], batch.weights[mb]
-                advantages = self._normalize_per_source(batch.advantages[mb], batch.rhos[mb], offline_mb)
+                advantages = batch.advantages[mb]
+                if self.normalize_advantage:
+                    advantages = normalise_per_source(advantages, batch.rhos[mb], offline_mb,
+                                                      self.offline_advantage_centering)
                 if self.offline_advantages == "positive":
                     advantages = torch.where(offline_mb, advantages.clamp(min=0.0), advantages)
 
@@ -350,29 +353,6 @@ class HybridPPO(PPO):
             self.policy.log_std.sub_(due)
         self._floor_log_std()
         self.log_std_decayed += due
-
-    def _normalize_per_source(self, advantages: torch.Tensor, rhos: torch.Tensor,
-                              offline: torch.Tensor) -> torch.Tensor:
-        """GAE and V-trace advantages have different scales: each is normalised on its own.
-
-        Online: SB3's (A - mean) / (std + 1e-8). Offline: see offline_advantage_centering.
-        """
-        if not self.normalize_advantage:
-            return advantages
-        out = advantages.clone()
-        online = ~offline
-        if int(online.sum()) > 1:
-            part = advantages[online]
-            out[online] = (part - part.mean()) / (part.std() + 1e-8)
-        if int(offline.sum()) > 1:
-            part, rho = advantages[offline], rhos[offline]
-            if self.offline_advantage_centering == "mean":
-                out[offline] = (part - part.mean()) / (part.std() + 1e-8)
-            else:
-                if self.offline_advantage_centering == "rho":
-                    part = part - rho * (part.mean() / rho.mean().clamp(min=1e-8))
-                out[offline] = part / (part.pow(2).mean().sqrt() + 1e-8)
-        return out
 
     def _record_train_stats(self, entropy_losses, pg_losses, value_losses, bc_losses,
                             approx_kl_divs, clip_fractions, loss, clip_range, offline_stats) -> None:

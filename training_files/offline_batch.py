@@ -47,6 +47,30 @@ def ood_weights(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, z_
     return torch.clamp(weights, min=min_weight)
 
 
+def normalise_per_source(advantages: torch.Tensor, rhos: torch.Tensor, offline: torch.Tensor,
+                         centering: str) -> torch.Tensor:
+    """GAE and V-trace advantages have different scales: each is normalised on its own.
+
+    Online rows: SB3's (A - mean) / (std + 1e-8). Offline rows, by `centering` (HybridPPO's
+    offline_advantage_centering): "mean" the same rule, "rho" subtract rho * mean(A)/mean(rho)
+    then divide by the RMS, "none" only divide by the RMS.
+    """
+    out = advantages.clone()
+    online = ~offline
+    if int(online.sum()) > 1:
+        part = advantages[online]
+        out[online] = (part - part.mean()) / (part.std() + 1e-8)
+    if int(offline.sum()) > 1:
+        part, rho = advantages[offline], rhos[offline]
+        if centering == "mean":
+            out[offline] = (part - part.mean()) / (part.std() + 1e-8)
+        else:
+            if centering == "rho":
+                part = part - rho * (part.mean() / rho.mean().clamp(min=1e-8))
+            out[offline] = part / (part.pow(2).mean().sqrt() + 1e-8)
+    return out
+
+
 def chunked(fn, *tensors: torch.Tensor) -> torch.Tensor:
     """fn over row chunks of the tensors, concatenated (whole-dataset passes in bounded memory)."""
     n = len(tensors[0])
