@@ -18,7 +18,9 @@ except `hybrid-previous`, which switches all of this round's mechanisms off):
   hybrid-positive_offline offline_advantages positive: offline samples enter the policy
                           gradient only where their V-trace advantage is positive
   hybrid-offline_improvement  offline_policy_updates 20: 20 updates on offline samples alone
-                          before the first rollout
+                          before the first rollout, kept only if they evaluate >= BC
+  hybrid-offline_improvement_ungated  the same, always kept (the first runs of the variant,
+                          made before the gate existed, are relabelled to this name)
   hybrid-log_std_decay_0  log_std_decay 0: explore with BC's noise all run (the default until
                           this benchmark showed otherwise); bc_ppo-log_std_decay_0 likewise
   hybrid-log_std_subtract_1  --log_std_subtract 1.0 with log_std_decay 0: cut the noise to
@@ -68,6 +70,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
     "hybrid-positive_offline": {"hparams": {"offline_advantages": "positive"}},
     "hybrid-offline_improvement": {"hparams": {"offline_policy_updates": 20}},
+    "hybrid-offline_improvement_ungated": {"hparams": {"offline_policy_updates": 20,
+                                                       "offline_improvement_gate": False}},
     "hybrid-log_std_decay_0": {"hparams": NO_DECAY},
     "bc_ppo-log_std_decay_0": {"flags": ["--mix_ratio", "0"], "hparams": NO_DECAY},
     "hybrid-log_std_subtract_1": {"flags": ["--log_std_subtract", "1.0"], "hparams": NO_DECAY},

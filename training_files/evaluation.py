@@ -92,11 +92,13 @@ class PeriodicEval(BaseCallback):
         if self.eval_at_start and self.model.num_timesteps == 0:
             self.run_eval()
 
-    def run_eval(self) -> dict:
+    def run_eval(self, note: str | None = None) -> dict:
         started = time.perf_counter()
         result = self.env.evaluate(self.model, self.ref_scores)
         self.seconds += time.perf_counter() - started
         result["timesteps"] = int(self.model.num_timesteps)
+        if note is not None:
+            result["note"] = note
         self.history.append(result)
         self.logger.record("eval/mean_reward", result["mean_reward"])
         self.logger.record("eval/mean_ep_length", result["mean_ep_length"])

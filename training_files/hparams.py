@@ -105,6 +105,9 @@ class HybridConfig(EnvConfig):
     offline_policy_updates: int = Field(0, ge=0)
     """PPO updates on offline samples alone before the first rollout (offline improvement from
     the data's rewards, as one-step RL / BPPO do); 0: off."""
+    offline_improvement_gate: bool = True
+    """Keep the offline-improved policy only if its evaluation (the periodic-evaluation
+    episodes) is at least BC's step-0 evaluation; otherwise go on from BC."""
     offline_advantages: Literal["signed", "positive"] = "signed"
     """positive: offline samples enter the policy gradient only where their normalised V-trace
     advantage is positive (self-imitation of the data's better actions); signed: as online."""

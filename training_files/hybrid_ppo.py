@@ -16,6 +16,7 @@ every mechanism switched off (mix_ratio 0, bc_coeff 0, no warm-up, no critic-onl
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Literal
 
@@ -98,6 +99,7 @@ class HybridPPO(PPO):
         self.offline_advantages = offline_advantages
         self.offline_policy_updates, self.offline_improved = offline_policy_updates, False
         self.offline_improvement_seconds = 0.0
+        self._before_improvement: tuple[dict, dict] | None = None
         self._offline_only = False  # the current update draws offline samples alone
         self.log_std_min = log_std_min
         self.log_std_decay, self.log_std_decayed = log_std_decay, 0.0
@@ -173,6 +175,8 @@ class HybridPPO(PPO):
         offline_policy_updates). They do not count as the online updates that the critic-only
         phase and bc_decay count; their stats are logged once, at step 0."""
         started = time.perf_counter()
+        self._before_improvement = (copy.deepcopy(self.policy.state_dict()),
+                                    copy.deepcopy(self.policy.optimizer.state_dict()))
         self._offline_only = True
         try:
             for _ in range(n_updates):
@@ -184,6 +188,12 @@ class HybridPPO(PPO):
         self.logger.record("offline_improvement/updates", n_updates)
         self.logger.record("offline_improvement/seconds", self.offline_improvement_seconds)
         self.logger.dump(self.num_timesteps)
+
+    def revert_offline_improvement(self) -> None:
+        """Back to the policy (and optimizer state) from before improve_offline."""
+        policy_state, optimizer_state = self._before_improvement
+        self.policy.load_state_dict(policy_state)
+        self.policy.optimizer.load_state_dict(optimizer_state)
 
     def warm_up_value_function(self, grad_steps: int) -> dict:
         """Fit V to the dataset's returns with the actor frozen (see critic_warmup.py)."""

@@ -169,6 +169,36 @@ class StageTimes(BaseCallback):
         return True
 
 
+class OfflineImprovementGate(BaseCallback):
+    """Before the first rollout: evaluate the offline-improved policy on the periodic-evaluation
+    episodes and keep it only if it scores at least BC's step-0 evaluation, else revert to BC.
+
+    An offline improvement rests on a critic fitted to the data alone and can fail (seen on
+    medium-v0: +16 points on one seed, -28 on another). The evaluation is one more candidate
+    for the best-model keeper; the test episodes stay unseen.
+    """
+
+    def __init__(self, evaluator: PeriodicEval):
+        super().__init__()
+        self.evaluator, self.decision = evaluator, None
+
+    def _on_rollout_start(self) -> None:
+        if self.decision is not None or not getattr(self.model, "offline_improved", False):
+            return
+        bc, improved = self.evaluator.history[0], self.evaluator.run_eval("offline improvement")
+        if improved["mean_reward"] >= bc["mean_reward"]:
+            self.decision = "kept"
+        else:
+            self.model.revert_offline_improvement()
+            self.decision = "reverted to BC"
+        improved["note"] = f"offline improvement, {self.decision}"  # as the run log keeps it
+        print(f"  offline improvement {self.decision}: return {improved['mean_reward']:.1f} vs "
+              f"BC's {bc['mean_reward']:.1f} on the same episodes", flush=True)
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def save_with_fallback(model, path: Path) -> tuple[Path, str | None]:
     """Save to `path`; if that fails (disk full, folder gone or read-only since the start),
     save to the temp dir, else the working directory, so trained work is never discarded.
@@ -200,10 +230,13 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     evaluator = PeriodicEval(eval_env, cfg.eval_freq, data.ref_scores,
                              csv_path=settings.tb_dir / "eval.csv", on_eval=keeper)
     stage_times = StageTimes(evaluator)
+    callbacks = [evaluator, stage_times]
+    if cfg.offline_policy_updates > 0 and cfg.offline_improvement_gate:
+        callbacks.insert(1, OfflineImprovementGate(evaluator))  # its evaluation is no rollout time
     interrupted = False
     try:
         model.learn(total_timesteps=settings.total_timesteps,
-                    callback=CallbackList([evaluator, stage_times]), progress_bar=progress)
+                    callback=CallbackList(callbacks), progress_bar=progress)
     except KeyboardInterrupt:
         interrupted = True
     save_file, save_error = save_with_fallback(model, settings.save_file)

@@ -182,6 +182,18 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         later = [r["train/critic_only"] for r in rows[marked[0] + 1:] if r.get("train/critic_only")]
         self.assertTrue(later and set(later) == {"1"}, later)
 
+    def test_revert_offline_improvement_restores_the_bc_actor(self):
+        model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                            offline_data=stochastic_data(), segment_length=16,
+                            policy_kwargs=tiny_policy_kwargs(), offline_policy_updates=2)
+        before = self._actor(model)
+        model.set_logger(configure(str(self.work / "log"), ["csv"]))
+        model.improve_offline(2)
+        self.assertTrue(any(not torch.equal(v, self._actor(model)[k]) for k, v in before.items()))
+        model.revert_offline_improvement()
+        for k, v in before.items():
+            self.assertTrue(torch.equal(v, self._actor(model)[k]), k)
+
     def test_linear_lr_schedule_reaches_zero(self):
         from stable_baselines3.common.utils import LinearSchedule
 

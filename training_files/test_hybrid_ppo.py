@@ -639,6 +639,38 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
         expected = (bc_state["log_std"] - subtract - cfg.log_std_decay).clamp(min=cfg.log_std_min)
         torch.testing.assert_close(saved.policy.log_std.detach(), expected, rtol=0, atol=1e-2)
 
+    def test_offline_improvement_is_evaluated_and_kept_only_if_not_worse(self):
+        from hybrid_training import HybridSettings, train_hybrid
+
+        data = stochastic_data()
+        changes = {"offline_policy_updates": 8, "offline_improvement_gate": True,
+                   "critic_only_updates": 5}  # the actor moves offline only
+        bc_cfg, cfg = load_hparams("Walker2d-v4-bc-large", "Walker2d-v4-hybrid",
+                                   write_hparam_file(self.tmp / "hparam.yml", hybrid=changes))
+        ckpt = self._bc_checkpoint(data, bc_cfg)
+        decisions = set()
+        # negated rewards: the "improvement" learns to do worse, so the gate has to revert
+        for seed, rewards in ((0, data.rewards), (1, -data.rewards), (2, -data.rewards)):
+            data = with_fields(data, rewards=rewards)
+            settings = HybridSettings(
+                mix_ratio=0.5, rho_bar=1.0, c_bar=0.95, bc_coeff=0.0, warm_start_steps=20,
+                log_std_subtract=0.0, seed=seed, device="cpu", total_timesteps=128,
+                save_file=self.work / f"m{seed}", tb_dir=self.work / "tb" / f"s{seed}")
+            result = train_hybrid(data, ckpt, cfg, settings, progress=False)
+            bc, improved = result.evaluations[:2]
+            self.assertEqual((bc["timesteps"], improved["timesteps"]), (0, 0))
+            self.assertNotIn("note", bc)
+            kept = improved["mean_reward"] >= bc["mean_reward"]
+            self.assertEqual(improved["note"],
+                             "offline improvement, " + ("kept" if kept else "reverted to BC"))
+            self.assertGreater(result.seconds["offline_improvement"], 0)
+            decisions.add(kept)
+            if not kept:  # reverted (actor frozen by the critic-only update): BC's score again
+                self.assertAlmostEqual(result.evaluations[2]["mean_reward"], bc["mean_reward"],
+                                       places=6)
+        self.assertEqual(decisions, {True, False})  # both branches ran
+
+
 
 if __name__ == "__main__":
     unittest.main()

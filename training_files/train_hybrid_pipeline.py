@@ -330,7 +330,8 @@ def run_pipeline(args, entry: dict, on_eval=None) -> dict:
           f"TensorBoard: {tb_dir}")
 
     def report(ev):
-        print(f"  eval @ {ev['timesteps']} steps: {_describe(ev)}", flush=True)
+        note = f" ({ev['note']})" if ev.get("note") else ""
+        print(f"  eval @ {ev['timesteps']} steps{note}: {_describe(ev)}", flush=True)
         if on_eval is not None:
             on_eval(ev)
 
