@@ -166,7 +166,8 @@ class HybridPPO(PPO):
         # The offline improvement runs here, not in _setup_learn: callbacks' on_training_start
         # (the step-0 evaluation, BC's score and the best-model keeper's first candidate) comes
         # between the two, and must still see the BC policy.
-        if self.offline is not None and self.offline_policy_updates > 0 and not self.offline_improved:
+        if (self.offline is not None and self.mix_ratio > 0 and self.offline_policy_updates > 0
+                and not self.offline_improved):  # mix_ratio 0: no offline samples, as PPO
             self.improve_offline(self.offline_policy_updates)
         return super().collect_rollouts(*args, **kwargs)
 

@@ -173,6 +173,9 @@ class FineTuningMechanismsTest(IsolatedTestCase):
             self.assertTrue(torch.equal(v, self._actor(frozen)[k]), k)
         self.assertTrue(any(not torch.equal(v, self._actor(improved)[k])
                             for k, v in self._actor(start).items()))
+        plain = self._learn(steps=128, log="plain", critic_only_updates=2, warm_start_steps=20,
+                            offline_policy_updates=3, mix_ratio=0.0)  # PPO: no offline samples
+        self.assertFalse(plain.offline_improved)
         # they are not online updates: the critic-only phase still covered both rollouts
         self.assertEqual(improved.policy_updates, 2)
         rows = read_progress(self.work / "improved" / "progress.csv")
