@@ -26,7 +26,7 @@ from rliable import library as rly  # noqa: E402
 from rliable import metrics  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPS = 20_000
+REPS = 5_000  # bootstrap resamples per CI: Monte Carlo error well under the CIs' widths here
 EARLY_STEPS = 50_000
 
 
@@ -55,8 +55,15 @@ def normalised(variants: dict[str, list[dict]]) -> bool:
                for rs in variants.values() for r in rs)
 
 
+def periodic(curve: list[dict]) -> list[dict]:
+    """The periodic evaluations; the offline-improvement gate's extra step-0 evaluation (a
+    candidate that was kept or rejected, marked by a note) is reported on its own."""
+    return [e for e in curve if not e.get("note")]
+
+
 def per_run(r: dict) -> dict:
-    curve = r["curve"]
+    curve = periodic(r["curve"])
+    gate = next((e for e in r["curve"] if e.get("note", "").startswith("offline improvement")), None)
     scores = np.array([score(e) for e in curve])
     steps = np.array([e["timesteps"] for e in curve])
     bc = scores[0]
@@ -69,6 +76,8 @@ def per_run(r: dict) -> dict:
             "final_test": score(r["final_test_eval"]),
             "result_test": score(r["result"]["test_eval"]),
             "result_source": r["result"]["source"],
+            "gate_delta": float(score(gate) - bc) if gate else float("nan"),
+            "gate_kept": bool(gate and gate["note"].endswith("kept")),
             "warmup_ev": r["warmup"].get("warmup/explained_variance"),
             "warmup_rmse_frac": r["warmup"].get("warmup/rmse_fraction_of_mean"),
             "wall_min": r["wall_time_s"] / 60}
@@ -125,6 +134,14 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
                       f"{fmt_ci(stats['result_test'])} ({sources}) | {fmt_ci(stats['final_test'])} | "
                       f"{fmt_ci(stats['bc_test'])} | {col('wall_min').min():.1f} / {col('wall_min').mean():.1f} min |")
         md.append("")
+        for v, rs in sorted(rows.items()):
+            deltas = np.array([r["gate_delta"] for r in rs if not np.isnan(r["gate_delta"])])
+            if len(deltas):
+                md.append(f"- {v}: offline improvement kept on {sum(r['gate_kept'] for r in rs)} of "
+                          f"{len(deltas)} seeds; its step-0 evaluation minus BC's: mean {deltas.mean():+.1f}, "
+                          f"min {deltas.min():+.1f}, max {deltas.max():+.1f}")
+        if any(not np.isnan(r["gate_delta"]) for rs in rows.values() for r in rs):
+            md.append("")
         pairs = [(v, "bc_ppo") for v in rows if v != "bc_ppo" and "bc_ppo" in rows]
         pairs += [("hybrid", v) for v in rows if v.startswith("hybrid-") and "hybrid" in rows]
         # a change made to both methods: compare them under it too
@@ -146,9 +163,10 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
 def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for v, rs in sorted(variants.items()):
-        steps = np.array([e["timesteps"] for e in rs[0]["curve"]])
-        n = min(len(r["curve"]) for r in rs)
-        scores = np.array([[score(e) for e in r["curve"][:n]] for r in rs])
+        curves = [periodic(r["curve"]) for r in rs]
+        steps = np.array([e["timesteps"] for e in curves[0]])
+        n = min(len(c) for c in curves)
+        scores = np.array([[score(e) for e in c[:n]] for c in curves])
         mean = scores.mean(0)
         ax.plot(steps[:n], mean, label=f"{v} ({len(rs)} seeds)")
         if len(rs) > 1:
