@@ -66,8 +66,10 @@ class HybridResult:
 
     @property
     def best_source(self) -> str:
-        """'bc' when nothing beat the start, 'final' when the last evaluation was the best."""
-        if self.best_eval["timesteps"] == 0:
+        """'bc' when nothing beat the start, 'final' when the last evaluation was the best.
+
+        A kept offline improvement is evaluated at step 0 too (with a note): not BC's actor."""
+        if self.best_eval["timesteps"] == 0 and not self.best_eval.get("note"):
             return "bc"
         return "final" if self.best_eval["timesteps"] == self.final_eval["timesteps"] else "best"
 

@@ -246,6 +246,10 @@ class BestModelKeeperTest(IsolatedTestCase):
                                       keeper.best).best_source, "best")
         self.assertEqual(HybridResult(self.work / "run.zip", path, 300, False, keeper.best,
                                       keeper.best).best_source, "final")
+        # a kept offline improvement is evaluated at step 0 too, but is not BC's actor
+        improved = {"mean_reward": 12.0, "timesteps": 0, "note": "offline improvement, kept"}
+        self.assertEqual(HybridResult(self.work / "run.zip", path, 400, False, final,
+                                      improved).best_source, "best")
 
 
 if __name__ == "__main__":
