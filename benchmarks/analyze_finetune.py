@@ -28,6 +28,7 @@ from rliable import metrics  # noqa: E402
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPS = 5_000  # bootstrap resamples per CI: Monte Carlo error well under the CIs' widths here
 EARLY_STEPS = 50_000
+HEADLINE_SEEDS = 5  # variants with fewer seeds are plotted apart, as ablations
 
 
 def load(path: Path) -> dict[tuple[str, str], dict[str, list[dict]]]:
@@ -161,26 +162,36 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
 
 
 def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for v, rs in sorted(variants.items()):
-        curves = [periodic(r["curve"]) for r in rs]
-        steps = np.array([e["timesteps"] for e in curves[0]])
-        n = min(len(c) for c in curves)
-        scores = np.array([[score(e) for e in c[:n]] for c in curves])
-        mean = scores.mean(0)
-        ax.plot(steps[:n], mean, label=f"{v} ({len(rs)} seeds)")
-        if len(rs) > 1:
-            half = 1.96 * scores.std(0, ddof=1) / np.sqrt(len(rs))
-            ax.fill_between(steps[:n], mean - half, mean + half, alpha=0.2)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
-    ax.set_xlabel("online env steps")
-    ax.set_ylabel(("normalised score" if normalised(variants) else "return") + " (10 episodes)")
-    ax.set_title(f"{env} {name}: mean over seeds, 95% CI of the mean")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / (f"finetune_{name}.png" if env == "walker2d" else f"finetune_{env}_{name}.png"), dpi=110)
-    plt.close(fig)
+    """One plot of the variants run on >= HEADLINE_SEEDS seeds, one of the rest (ablations,
+    with `hybrid` for reference): a dozen curves on one axis cannot be read."""
+    headline = {v: rs for v, rs in variants.items() if len(rs) >= HEADLINE_SEEDS}
+    rest = {v: rs for v, rs in variants.items() if len(rs) < HEADLINE_SEEDS}
+    stem = f"finetune_{name}" if env == "walker2d" else f"finetune_{env}_{name}"
+    if rest and "hybrid" in headline:
+        rest["hybrid"] = headline["hybrid"]
+    for suffix, group in (("", headline or rest), ("_ablations", rest if headline else {})):
+        if not group:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for v, rs in sorted(group.items()):
+            curves = [periodic(r["curve"]) for r in rs]
+            steps = np.array([e["timesteps"] for e in curves[0]])
+            n = min(len(c) for c in curves)
+            scores = np.array([[score(e) for e in c[:n]] for c in curves])
+            mean = scores.mean(0)
+            ax.plot(steps[:n], mean, label=f"{v} ({len(rs)} seeds)")
+            if len(rs) > 1:
+                half = 1.96 * scores.std(0, ddof=1) / np.sqrt(len(rs))
+                ax.fill_between(steps[:n], mean - half, mean + half, alpha=0.15)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
+        ax.set_xlabel("online env steps")
+        ax.set_ylabel(("normalised score" if normalised(variants) else "return") + " (10 episodes)")
+        ax.set_title(f"{env} {name}{' ablations' if suffix else ''}: mean over seeds, 95% CI of the mean")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{stem}{suffix}.png", dpi=110)
+        plt.close(fig)
 
 
 def main() -> None:
