@@ -114,7 +114,8 @@ class HybridPPO(PPO):
     # ------------------------------------------------------------------ set-up
     def _excluded_save_params(self) -> list[str]:
         # The dataset and the behaviour policy are inputs, not model state: keep zips small.
-        return super()._excluded_save_params() + ["offline"]
+        # The pre-improvement copy (for the gate's revert) is a second policy: not saved either.
+        return super()._excluded_save_params() + ["offline", "_before_improvement"]
 
     @property
     def offline_data(self) -> OfflineData | None:

@@ -196,6 +196,11 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         model.revert_offline_improvement()
         for k, v in before.items():
             self.assertTrue(torch.equal(v, self._actor(model)[k]), k)
+        # the pre-improvement copy is not model state: a saved zip does not carry it
+        from stable_baselines3.common.save_util import load_from_zip_file
+        model.save(self.work / "improved.zip")
+        data, _, _ = load_from_zip_file(self.work / "improved.zip", device="cpu")
+        self.assertNotIn("_before_improvement", data)
 
     def test_linear_lr_schedule_reaches_zero(self):
         from stable_baselines3.common.utils import LinearSchedule
