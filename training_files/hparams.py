@@ -109,8 +109,9 @@ class HybridConfig(EnvConfig):
     """Keep the offline-improved policy only if its evaluation (the periodic-evaluation
     episodes) is at least BC's step-0 evaluation; otherwise go on from BC."""
     offline_advantages: Literal["signed", "positive"] = "signed"
-    """positive: offline samples enter the policy gradient only where their normalised V-trace
-    advantage is positive (self-imitation of the data's better actions); signed: as online."""
+    """positive: offline samples enter the policy gradient only where their V-trace advantage
+    is positive, max(A, 0) / RMS, not centred (self-imitation of the data's better actions);
+    signed: as online."""
     log_std_decay: float = Field(0.0, ge=0)
     """Exploration noise schedule: log_std falls linearly by this much over the run (on top of
     what PPO learns), so the noisy policy that is trained ends closer to the deterministic one

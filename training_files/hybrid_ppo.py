@@ -62,8 +62,9 @@ class HybridPPO(PPO):
         One-step RL (Brandfonbrener et al. 2021) improves on BC from one critic fit of the
         behaviour policy; BPPO / Uni-O4 do it with PPO's clipped objective, as here. PPO
         started from BC cannot do this: its first improvement costs env steps.
-    :param offline_advantages: "positive" keeps only the offline samples whose normalised
-        V-trace advantage is positive in the policy gradient (zero elsewhere): the data pull pi
+    :param offline_advantages: "positive" keeps only the offline samples whose V-trace
+        advantage is positive in the policy gradient, max(A, 0) divided by its RMS, not
+        centred (zero elsewhere; offline_advantage_centering is ignored): the data pull pi
         towards their actions that beat pi's value and never push pi away from the others.
         Self-imitation learning (Oh et al. 2018) and CRR's binary filter do the same. The pull
         is strong while the data beat the policy (a collapse on expert data) and fades by
@@ -99,7 +100,7 @@ class HybridPPO(PPO):
         self.offline_advantages = offline_advantages
         self.offline_policy_updates, self.offline_improved = offline_policy_updates, False
         self.offline_improvement_seconds = 0.0
-        self._before_improvement: tuple[dict, dict] | None = None
+        self._before_improvement: dict | None = None
         self._offline_only = False  # the current update draws offline samples alone
         self.log_std_min = log_std_min
         self.log_std_decay, self.log_std_decayed = log_std_decay, 0.0
@@ -177,8 +178,13 @@ class HybridPPO(PPO):
         offline_policy_updates). They do not count as the online updates that the critic-only
         phase and bc_decay count; their stats are logged once, at step 0."""
         started = time.perf_counter()
-        self._before_improvement = (copy.deepcopy(self.policy.state_dict()),
-                                    copy.deepcopy(self.policy.optimizer.state_dict()))
+        # Everything the updates change, so a revert continues exactly as a run without them.
+        self._before_improvement = {
+            "policy": copy.deepcopy(self.policy.state_dict()),
+            "optimizer": copy.deepcopy(self.policy.optimizer.state_dict()),
+            "numpy_rng": np.random.get_state(), "torch_rng": torch.get_rng_state(),
+            "offline_rng": copy.deepcopy(self.offline.rng.bit_generator.state),
+            "n_updates": self._n_updates}
         self._offline_only = True
         try:
             for _ in range(n_updates):
@@ -191,11 +197,19 @@ class HybridPPO(PPO):
         self.logger.record("offline_improvement/seconds", self.offline_improvement_seconds)
         self.logger.dump(self.num_timesteps)
 
-    def revert_offline_improvement(self) -> None:
-        """Back to the policy (and optimizer state) from before improve_offline."""
-        policy_state, optimizer_state = self._before_improvement
-        self.policy.load_state_dict(policy_state)
-        self.policy.optimizer.load_state_dict(optimizer_state)
+    def settle_offline_improvement(self, keep: bool) -> None:
+        """Keep the offline improvement, or go back to exactly where it started (policy,
+        optimizer, random number generators, update count): a reverted run then continues as
+        the same run without offline updates would. Either way the copy is dropped."""
+        saved, self._before_improvement = self._before_improvement, None
+        if keep or saved is None:
+            return
+        self.policy.load_state_dict(saved["policy"])
+        self.policy.optimizer.load_state_dict(saved["optimizer"])
+        np.random.set_state(saved["numpy_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.offline.rng.bit_generator.state = saved["offline_rng"]
+        self._n_updates = saved["n_updates"]
 
     def warm_up_value_function(self, grad_steps: int) -> dict:
         """Fit V to the dataset's returns with the actor frozen (see critic_warmup.py)."""
@@ -290,11 +304,12 @@ class HybridPPO(PPO):
                 values = values.flatten()
                 offline_mb, weights = is_offline[mb], batch.weights[mb]
                 advantages = batch.advantages[mb]
-                if self.normalize_advantage:
-                    advantages = normalise_per_source(advantages, batch.rhos[mb], offline_mb,
-                                                      self.offline_advantage_centering)
-                if self.offline_advantages == "positive":
+                if self.offline_advantages == "positive":  # by the raw sign, before any centring
                     advantages = torch.where(offline_mb, advantages.clamp(min=0.0), advantages)
+                if self.normalize_advantage:  # positive: no centring, it would bring negatives back
+                    centering = ("none" if self.offline_advantages == "positive"
+                                 else self.offline_advantage_centering)
+                    advantages = normalise_per_source(advantages, batch.rhos[mb], offline_mb, centering)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob[mb])
                 surrogate = torch.min(advantages * ratio,
@@ -369,7 +384,9 @@ class HybridPPO(PPO):
     def _record_train_stats(self, entropy_losses, pg_losses, value_losses, bc_losses,
                             approx_kl_divs, clip_fractions, loss, clip_range, offline_stats) -> None:
         buf = self.rollout_buffer
-        explained_var = explained_variance(buf.values.flatten(), buf.returns.flatten())
+        if not self._offline_only:  # the rollout buffer is still empty before the first rollout
+            self.logger.record("train/explained_variance",
+                               explained_variance(buf.values.flatten(), buf.returns.flatten()))
         record = self.logger.record
         record("train/entropy_loss", np.mean(entropy_losses))
         record("train/policy_gradient_loss", np.mean(pg_losses))
@@ -377,7 +394,6 @@ class HybridPPO(PPO):
         record("train/approx_kl", np.mean(approx_kl_divs))
         record("train/clip_fraction", np.mean(clip_fractions))
         record("train/loss", loss.item())
-        record("train/explained_variance", explained_var)
         if bc_losses:
             record("train/bc_loss", np.mean(bc_losses))
         if hasattr(self.policy, "log_std"):

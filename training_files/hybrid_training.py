@@ -177,7 +177,8 @@ class OfflineImprovementGate(BaseCallback):
 
     An offline improvement rests on a critic fitted to the data alone and can fail (seen on
     medium-v0: +16 points on one seed, -28 on another). The evaluation is one more candidate
-    for the best-model keeper; the test episodes stay unseen.
+    for the best-model keeper; the test episodes stay unseen. train_hybrid attaches it; a
+    HybridPPO.learn called directly runs ungated.
     """
 
     def __init__(self, evaluator: PeriodicEval):
@@ -187,12 +188,14 @@ class OfflineImprovementGate(BaseCallback):
     def _on_rollout_start(self) -> None:
         if self.decision is not None or not getattr(self.model, "offline_improved", False):
             return
-        bc, improved = self.evaluator.history[0], self.evaluator.run_eval("offline improvement")
-        if improved["mean_reward"] >= bc["mean_reward"]:
-            self.decision = "kept"
-        else:
-            self.model.revert_offline_improvement()
-            self.decision = "reverted to BC"
+        bc = self.evaluator.history[0] if self.evaluator.history else {}
+        if bc.get("timesteps") != 0 or bc.get("note"):
+            raise RuntimeError("the offline-improvement gate needs BC's step-0 evaluation "
+                               "(PeriodicEval with eval_at_start=True, listed before the gate)")
+        improved = self.evaluator.run_eval("offline improvement")
+        keep = improved["mean_reward"] >= bc["mean_reward"]
+        self.model.settle_offline_improvement(keep)
+        self.decision = "kept" if keep else "reverted to BC"
         improved["note"] = f"offline improvement, {self.decision}"  # as the run log keeps it
         print(f"  offline improvement {self.decision}: return {improved['mean_reward']:.1f} vs "
               f"BC's {bc['mean_reward']:.1f} on the same episodes", flush=True)

@@ -143,23 +143,24 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertFalse(torch.allclose(out["rho"][3:], out["mean"][3:]))
 
     def test_positive_offline_advantages_never_push_away_from_the_data(self):
-        # Every offline reward -100, critic at ~0: every V-trace advantage is negative, and
-        # centring "none" keeps the sign. All samples offline (mix_ratio 1): with "positive"
+        # Every offline reward -100, critic at ~0: every V-trace advantage is negative.
+        # All samples offline (mix_ratio 1): with "positive"
         # no sample carries a policy gradient, so the actor stays; with "signed" it moves.
         data = stochastic_data()
         data = with_fields(data, rewards=np.full_like(data.rewards, -100.0))
         start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
         runs = {}
-        for mode in ("positive", "signed"):
+        for mode, centring in (("positive", "none"), ("positive", "rho"), ("signed", "none")):
             model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1, offline_data=data,
                                 segment_length=16, policy_kwargs=tiny_policy_kwargs(),
-                                mix_ratio=1.0, offline_advantage_centering="none",
+                                mix_ratio=1.0, offline_advantage_centering=centring,
                                 offline_advantages=mode)
-            model.set_logger(configure(str(self.work / mode), ["csv"]))
+            model.set_logger(configure(str(self.work / f"{mode}_{centring}"), ["csv"]))
             model.learn(64)  # one update: its advantages come from the untrained critic
-            runs[mode] = self._actor(model)
-        for k, v in self._actor(start).items():
-            self.assertTrue(torch.equal(v, runs["positive"][k]), k)
+            runs[mode if mode == "signed" else centring] = self._actor(model)
+        for k, v in self._actor(start).items():  # by the raw sign, whatever the centring
+            self.assertTrue(torch.equal(v, runs["none"][k]), k)
+            self.assertTrue(torch.equal(v, runs["rho"][k]), k)
         self.assertTrue(any(not torch.equal(v, runs["signed"][k])
                             for k, v in self._actor(start).items()))
 
@@ -185,20 +186,48 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         later = [r["train/critic_only"] for r in rows[marked[0] + 1:] if r.get("train/critic_only")]
         self.assertTrue(later and set(later) == {"1"}, later)
 
-    def test_revert_offline_improvement_restores_the_bc_actor(self):
+    def test_reverted_offline_improvement_continues_as_a_run_without_it(self):
+        def run(updates: int, log: str):
+            model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                                offline_data=stochastic_data(), segment_length=16,
+                                policy_kwargs=tiny_policy_kwargs(), offline_policy_updates=updates)
+            model.set_logger(configure(str(self.work / log), ["csv"]))
+            model.learn(64)  # the improvement runs, then one rollout and one update
+            return model
+
+        plain = run(0, "plain")
+        before = self._actor(make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs()))
         model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
                             offline_data=stochastic_data(), segment_length=16,
                             policy_kwargs=tiny_policy_kwargs(), offline_policy_updates=2)
-        before = self._actor(model)
         model.set_logger(configure(str(self.work / "log"), ["csv"]))
+        model._setup_learn(64)
         model.improve_offline(2)
         self.assertTrue(any(not torch.equal(v, self._actor(model)[k]) for k, v in before.items()))
-        model.revert_offline_improvement()
+        model.settle_offline_improvement(keep=False)
         for k, v in before.items():
             self.assertTrue(torch.equal(v, self._actor(model)[k]), k)
+        self.assertIsNone(model._before_improvement)  # the copy is dropped once settled
+        # reverted inside learn (as the gate does it): the run is the run without offline updates
+        reverted = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                               offline_data=stochastic_data(), segment_length=16,
+                               policy_kwargs=tiny_policy_kwargs(), offline_policy_updates=2)
+        reverted.set_logger(configure(str(self.work / "reverted"), ["csv"]))
+        original = reverted.improve_offline
+
+        def improve_then_revert(n):
+            original(n)
+            reverted.settle_offline_improvement(keep=False)
+        reverted.improve_offline = improve_then_revert
+        reverted.learn(64)
+        self.assertTrue(reverted.offline_improved)
+        self.assertTrue(params_equal(reverted, plain))
+        self.assertEqual(reverted._n_updates, plain._n_updates)
         # the pre-improvement copy is not model state: a saved zip does not carry it
         from stable_baselines3.common.save_util import load_from_zip_file
-        model.save(self.work / "improved.zip")
+        kept = run(2, "kept")
+        self.assertFalse(params_equal(kept, plain))
+        kept.save(self.work / "improved.zip")
         data, _, _ = load_from_zip_file(self.work / "improved.zip", device="cpu")
         self.assertNotIn("_before_improvement", data)
 
