@@ -100,19 +100,23 @@ class PeriodicEval(BaseCallback):
         if note is not None:
             result["note"] = note
         self.history.append(result)
-        self.logger.record("eval/mean_reward", result["mean_reward"])
-        self.logger.record("eval/mean_ep_length", result["mean_ep_length"])
+        # A noted evaluation (the offline-improvement gate's candidate) is not a point of the
+        # periodic curve: its own keys in TensorBoard, its note in the CSV.
+        prefix = "eval" if note is None else "eval_" + note.replace(" ", "_")
+        self.logger.record(f"{prefix}/mean_reward", result["mean_reward"])
+        self.logger.record(f"{prefix}/mean_ep_length", result["mean_ep_length"])
         if result["normalized_score"] is not None:
-            self.logger.record("eval/normalized_score", result["normalized_score"])
+            self.logger.record(f"{prefix}/normalized_score", result["normalized_score"])
         self.logger.dump(self.model.num_timesteps)
         if self.csv_path is not None:
             new = not self.csv_path.exists()
             with open(self.csv_path, "a", newline="") as fh:
                 writer = csv.writer(fh)
                 if new:
-                    writer.writerow(["timesteps", "mean_reward", "std_reward", "normalized_score"])
+                    writer.writerow(["timesteps", "mean_reward", "std_reward", "normalized_score",
+                                     "note"])
                 writer.writerow([result["timesteps"], result["mean_reward"], result["std_reward"],
-                                 result["normalized_score"]])
+                                 result["normalized_score"], note or ""])
         if self.on_eval is not None:
             self.on_eval(result, self.model)
         return result

@@ -664,6 +664,12 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
             self.assertEqual(improved["note"],
                              "offline improvement, " + ("kept" if kept else "reverted to BC"))
             self.assertGreater(result.seconds["offline_improvement"], 0)
+            from plot_runs import read_columns
+            with open(settings.tb_dir / "eval.csv", newline="") as fh:
+                notes = [r["note"] for r in csv.DictReader(fh)]
+            self.assertEqual(notes[:3], ["", "offline improvement", ""])
+            xs, _ = read_columns(settings.tb_dir / "eval.csv", "timesteps", "mean_reward")
+            self.assertEqual(xs, [0.0, 128.0])  # the plotted curve leaves the candidate out
             decisions.add(kept)
             if not kept:  # reverted (actor frozen by the critic-only update): BC's score again
                 self.assertAlmostEqual(result.evaluations[2]["mean_reward"], bc["mean_reward"],
