@@ -4,8 +4,10 @@
   the same episode seeds; dummy and subproc rollouts give the same samples for the same seeds.
 - Critic-only updates leave the actor untouched and move the critic; the linear lr schedule
   reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
-  documented; positive-only offline advantages never push the actor away from the data; offline policy
-  updates move the actor before the first env step; the best-model keeper never hands over a model measured worse than the start.
+  documented; positive-only offline advantages never push the actor away from the data;
+  offline policy updates move the actor before the first env step, and a reverted
+  improvement continues as the run without it; the best-model keeper never hands over a
+  model measured worse than the start.
 """
 
 from __future__ import annotations
