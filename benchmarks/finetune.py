@@ -21,6 +21,8 @@ except `hybrid-previous`, which switches all of this round's mechanisms off):
                           before the first rollout, kept only if they evaluate >= BC
   hybrid-offline_improvement_ungated  the same, always kept (the first runs of the variant,
                           made before the gate existed, are relabelled to this name)
+  hybrid-positive_offline_improvement  both: positive advantages in the offline updates
+                          before the first rollout (gated) and in every update after
   hybrid-log_std_decay_0  log_std_decay 0: explore with BC's noise all run (the default until
                           this benchmark showed otherwise); bc_ppo-log_std_decay_0 likewise
   hybrid-log_std_subtract_1  --log_std_subtract 1.0 with log_std_decay 0: cut the noise to
@@ -70,6 +72,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
     "hybrid-positive_offline": {"hparams": {"offline_advantages": "positive"}},
     "hybrid-offline_improvement": {"hparams": {"offline_policy_updates": 20}},
+    "hybrid-positive_offline_improvement": {"hparams": {"offline_advantages": "positive",
+                                                        "offline_policy_updates": 20}},
     "hybrid-offline_improvement_ungated": {"hparams": {"offline_policy_updates": 20,
                                                        "offline_improvement_gate": False}},
     "hybrid-log_std_decay_0": {"hparams": NO_DECAY},
