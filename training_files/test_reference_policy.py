@@ -158,6 +158,15 @@ class BundledRecipeWithEnvKwargsTest(IsolatedTestCase):
             with self.subTest(name=f"{dataset}/{env}/{name}"):
                 self.assertTrue((REFERENCE_DIR / env / f"{recipe.policy}.zip").exists())
 
+    def test_bundled_policies_carry_no_path_of_the_machine_that_trained_them(self):
+        """SB3 saves `tensorboard_log` into the zip; an absolute path there is one machine's."""
+        import zipfile
+
+        for zip_path in sorted(REFERENCE_DIR.glob("*/*.zip")):
+            with self.subTest(zip=zip_path.name), zipfile.ZipFile(zip_path) as archive:
+                log_dir = json.loads(archive.read("data")).get("tensorboard_log")
+                self.assertFalse(log_dir and Path(log_dir).is_absolute(), log_dir)
+
     def test_bundled_ant_and_humanoid_policies_generate_deterministically_in_the_keys_shapes(self):
         """The committed policies run on their recipe's env (Ant-v4 with contact forces: 111
         dims, D4RL's layout; Humanoid-v4: 376) and give the same bytes for a seed."""
