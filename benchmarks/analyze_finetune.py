@@ -2,9 +2,10 @@
 
 Per dataset and variant, over seeds (Agarwal et al. 2021): IQM with 95% stratified-bootstrap
 CIs of the last-3-evaluation mean (normalised score), of the test score of the model each run
-hands over, and the probability that a variant beats `bc_ppo` (and `hybrid` beats each
-ablation). A seed's "BC score" is its evaluation at step 0 (the BC actor, same episode seeds as
-every later evaluation). Dip figures are each seed's worst evaluation relative to that score.
+hands over, and the probability that a variant beats `bc_ppo` (and that the variant an
+ablation differs from in one thing beats it). A seed's "BC score" is its evaluation at step 0
+(the BC actor, same episode seeds as every later evaluation). Dip figures are each seed's
+worst evaluation relative to that score.
 
   python benchmarks/analyze_finetune.py   # -> finetune_summary.md/.json, finetune_*.png
 """
@@ -104,6 +105,17 @@ def fmt_ci(t: tuple[float, float, float]) -> str:
     return f"{t[0]:.1f} [{t[1]:.1f}, {t[2]:.1f}]"
 
 
+def baseline(variant: str, variants: dict[str, list[dict]]) -> str:
+    """The variant an ablation differs from in one thing: `hybrid`, or for the ablations
+    measured while signed offline advantages were the default, `hybrid-signed_offline`."""
+    signed = lambda v: all(r["config"].get("offline_advantages", "signed") == "signed"  # noqa: E731
+                           for r in variants.get(v, []))
+    if variant != "hybrid-signed_offline" and "hybrid-signed_offline" in variants \
+            and signed(variant) and not signed("hybrid"):
+        return "hybrid-signed_offline"
+    return "hybrid"
+
+
 def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = REPS,
               out_dir: Path = RESULTS_DIR) -> tuple[str, dict]:
     md, js = [], {}
@@ -144,7 +156,8 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
         if any(not np.isnan(r["gate_delta"]) for rs in rows.values() for r in rs):
             md.append("")
         pairs = [(v, "bc_ppo") for v in rows if v != "bc_ppo" and "bc_ppo" in rows]
-        pairs += [("hybrid", v) for v in rows if v.startswith("hybrid-") and "hybrid" in rows]
+        pairs += [(baseline(v, variants), v) for v in rows
+                  if v.startswith("hybrid-") and baseline(v, variants) in rows]
         # a change made to both methods: compare them under it too
         pairs += [(v, "bc_ppo" + v[len("hybrid"):]) for v in rows
                   if v.startswith("hybrid-") and "bc_ppo" + v[len("hybrid"):] in rows]

@@ -7,22 +7,24 @@ the 20-episode test evaluation on other seeds. What a run logged is copied as on
 into benchmarks/results/finetune.jsonl when it finishes; a rerun skips finished runs.
 `--worker i/n` takes every n-th pending run from the i-th. `analyze_finetune.py` turns the lines into tables and plots (rliable).
 
-Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing,
-except `hybrid-previous`, which switches all of this round's mechanisms off):
+Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing;
+the ablations measured before positive offline advantages became the default keep signed ones,
+so they differ from `hybrid-signed_offline` in one thing):
   bc_ppo                  --mix_ratio 0: PPO started from BC (same warm-ups and schedules)
-  hybrid                  QUICKSTART defaults
+  hybrid                  QUICKSTART defaults (offline_advantages positive: offline samples
+                          enter the policy gradient only where their V-trace advantage is > 0)
+  hybrid-signed_offline   offline_advantages signed, as online (the default until this
+                          benchmark showed otherwise)
+  hybrid-offline_improvement  offline_policy_updates 20: 20 updates on offline samples alone
+                          before the first rollout, kept only if they evaluate >= BC
+Signed ablations:
   hybrid-no_critic_only   critic_only_updates 0
   hybrid-constant_lr      lr_schedule constant
   hybrid-mean_centering   offline_advantage_centering mean (SB3's rule per source)
   hybrid-bc_coeff_0.05    --bc_coeff 0.05 (10x the default)
-  hybrid-positive_offline offline_advantages positive: offline samples enter the policy
-                          gradient only where their V-trace advantage is positive
-  hybrid-offline_improvement  offline_policy_updates 20: 20 updates on offline samples alone
-                          before the first rollout, kept only if they evaluate >= BC
-  hybrid-offline_improvement_ungated  the same, always kept (the first runs of the variant,
-                          made before the gate existed, are relabelled to this name)
-  hybrid-positive_offline_improvement  both: positive advantages in the offline updates
-                          before the first rollout (gated) and in every update after
+  hybrid-signed_offline_improvement  offline_policy_updates 20 with signed advantages
+  hybrid-signed_offline_improvement_ungated  the same, always kept (the first runs of the
+                          variant, made before the gate existed, are relabelled to this name)
   hybrid-log_std_decay_0  log_std_decay 0: explore with BC's noise all run (the default until
                           this benchmark showed otherwise); bc_ppo-log_std_decay_0 likewise
   hybrid-log_std_subtract_1  --log_std_subtract 1.0 with log_std_decay 0: cut the noise to
@@ -30,9 +32,11 @@ except `hybrid-previous`, which switches all of this round's mechanisms off):
   hybrid-previous         critic-only updates, lr schedule, rho centring and noise schedule off:
                           the method as it stood before this round
 
-Results of runs made before log_std_decay became the default were relabelled to these names
-(their `config` field shows what ran): `hybrid`/`bc_ppo` of that time are
-`hybrid-log_std_decay_0`/`bc_ppo-log_std_decay_0`.
+Results of runs made before a default changed were relabelled so that names keep the meanings
+above (their `config` field shows what ran): `hybrid-positive_offline` is now `hybrid`, the
+`hybrid` of that time `hybrid-signed_offline`, `hybrid-offline_improvement[_ungated]` with
+signed advantages `hybrid-signed_offline_improvement[_ungated]`; before log_std_decay became
+the default, `hybrid`/`bc_ppo` of that time are `hybrid-log_std_decay_0`/`bc_ppo-log_std_decay_0`.
 
   python benchmarks/finetune.py --datasets medium-v0 --seeds 0 1 2 3 4 \\
       --variants hybrid bc_ppo --worker 0/2
@@ -63,24 +67,27 @@ KEYS = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid"),
         "humanoid": ("Humanoid-v4-bc-large", "Humanoid-v4-hybrid")}
 
 NO_DECAY = {"log_std_decay": 0.0}
+# The ablations below were measured when signed offline advantages were the default: they keep
+# it, so a rerun reproduces them; they are variants of `hybrid-signed_offline`.
+SIGNED = {"offline_advantages": "signed"}
 VARIANTS: dict[str, dict] = {
     "bc_ppo": {"flags": ["--mix_ratio", "0"]},
     "hybrid": {},
-    "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0}},
-    "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant"}},
-    "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean"}},
-    "hybrid-bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
-    "hybrid-positive_offline": {"hparams": {"offline_advantages": "positive"}},
+    "hybrid-signed_offline": {"hparams": SIGNED},
     "hybrid-offline_improvement": {"hparams": {"offline_policy_updates": 20}},
-    "hybrid-positive_offline_improvement": {"hparams": {"offline_advantages": "positive",
-                                                        "offline_policy_updates": 20}},
-    "hybrid-offline_improvement_ungated": {"hparams": {"offline_policy_updates": 20,
-                                                       "offline_improvement_gate": False}},
-    "hybrid-log_std_decay_0": {"hparams": NO_DECAY},
+    "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
+    "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
+    "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},
+    "hybrid-bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"], "hparams": SIGNED},
+    "hybrid-signed_offline_improvement": {"hparams": {"offline_policy_updates": 20, **SIGNED}},
+    "hybrid-signed_offline_improvement_ungated": {"hparams": {
+        "offline_policy_updates": 20, "offline_improvement_gate": False, **SIGNED}},
+    "hybrid-log_std_decay_0": {"hparams": {**NO_DECAY, **SIGNED}},
     "bc_ppo-log_std_decay_0": {"flags": ["--mix_ratio", "0"], "hparams": NO_DECAY},
-    "hybrid-log_std_subtract_1": {"flags": ["--log_std_subtract", "1.0"], "hparams": NO_DECAY},
+    "hybrid-log_std_subtract_1": {"flags": ["--log_std_subtract", "1.0"],
+                                  "hparams": {**NO_DECAY, **SIGNED}},
     "hybrid-previous": {"hparams": {"critic_only_updates": 0, "lr_schedule": "constant",
-                                    "offline_advantage_centering": "mean", **NO_DECAY}},
+                                    "offline_advantage_centering": "mean", **NO_DECAY, **SIGNED}},
 }
 
 

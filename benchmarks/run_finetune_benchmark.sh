@@ -12,20 +12,22 @@ phase() {
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid bc_ppo
 # 2. expert data, 5 seeds
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid
-# 3. the noise schedule: without it (the previous default), and cutting the noise at once
+# 3. positive advantages against the previous default (signed); offline improvement on top
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-signed_offline
+phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-signed_offline
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 --variants hybrid-offline_improvement
+phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-offline_improvement
+# 4. ablations of the signed method (measured while it was the default)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
   bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0
-# 4. ablations on medium data, 3 seeds: one mechanism off at a time, all off, a 10x BC term
 phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-no_critic_only hybrid-constant_lr \
   hybrid-mean_centering hybrid-previous hybrid-bc_coeff_0.05
-# 5. this session's candidates: offline improvement (gated, 8 seeds; ungated), positive offline
-#    advantages; headline seeds 8-9
-phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 --variants hybrid-offline_improvement \
-  hybrid-offline_improvement_ungated
-phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-offline_improvement
-phase --datasets medium-v0 --seeds 0 1 2 --variants hybrid-positive_offline
-# 6. QUICKSTART's other envs on their bundled data, one seed (learning curves)
+phase --datasets medium-v0 --seeds 3 --variants hybrid-bc_coeff_0.05
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 --variants hybrid-signed_offline_improvement \
+  hybrid-signed_offline_improvement_ungated
+phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-signed_offline_improvement
+# 5. QUICKSTART's other envs on their bundled data, one seed (learning curves)
 python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 --variants hybrid bc_ppo \
   --timesteps 500000 &
 python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 0 \
