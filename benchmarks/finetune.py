@@ -17,6 +17,7 @@ so they differ from `hybrid-signed_offline` in one thing):
                           benchmark showed otherwise)
   hybrid-offline_improvement  offline_policy_updates 20: 20 updates on offline samples alone
                           before the first rollout, kept only if they evaluate >= BC
+  hybrid-log_std_decay_2  log_std_decay 2.0: exploration noise ends at e^-2 of BC's, not e^-1
 Signed ablations:
   hybrid-no_critic_only   critic_only_updates 0
   hybrid-constant_lr      lr_schedule constant
@@ -75,6 +76,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid": {},
     "hybrid-signed_offline": {"hparams": SIGNED},
     "hybrid-offline_improvement": {"hparams": {"offline_policy_updates": 20}},
+    "hybrid-log_std_decay_2": {"hparams": {"log_std_decay": 2.0}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},
