@@ -16,8 +16,8 @@ import time
 import unittest
 from pathlib import Path
 
-from testing_utils import (ENTRY_SCRIPT, REPO_ROOT, IsolatedTestCase, write_hparam_file,
-                           write_tiny_minari)
+from testing_utils import (ENTRY_SCRIPT, REPO_ROOT, IsolatedTestCase, interruptible,
+                           write_hparam_file, write_tiny_minari)
 
 BASE = ["--dataset", "mujoco", "--env", "walker2d", "--hparam_bc", "Walker2d-v4-bc-large",
         "--hparam_hybrid", "Walker2d-v4-hybrid", "--seed", "42", "--no_progress"]
@@ -105,7 +105,7 @@ class PipelineEndToEnd(IsolatedTestCase):
             [sys.executable, str(ENTRY_SCRIPT), *BASE, *self.small, "--names", "expert-v0",
              "--save_file", "stopped.zip", "--total_timesteps", "1000000"],
             cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            stdin=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, preexec_fn=interruptible)
         seen = []
         deadline = time.time() + 300
         for line in proc.stdout:

@@ -18,8 +18,8 @@ import time
 import unittest
 from pathlib import Path
 
-from testing_utils import (ENTRY_SCRIPT, TRAINING_FILES, IsolatedTestCase, write_hparam_file,
-                           write_tiny_minari)
+from testing_utils import (ENTRY_SCRIPT, TRAINING_FILES, IsolatedTestCase, interruptible,
+                           write_hparam_file, write_tiny_minari)
 
 BASE = ["--dataset", "mujoco", "--env", "walker2d", "--hparam_bc", "Walker2d-v4-bc-large",
         "--hparam_hybrid", "Walker2d-v4-hybrid", "--no_progress"]
@@ -224,7 +224,7 @@ class InterruptDuringGeneration(_Case):
             [sys.executable, str(ENTRY_SCRIPT), *BASE, *self.small, "--names", "expert-v0",
              "--seed", "42", "--save_file", "never.zip"],
             cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.DEVNULL, env=os.environ.copy())
+            stdin=subprocess.DEVNULL, env=os.environ.copy(), preexec_fn=interruptible)
         for line in proc.stdout:
             if line.startswith("GENERATING offline dataset"):
                 break

@@ -17,7 +17,8 @@ import time
 import unittest
 from pathlib import Path
 
-from testing_utils import TRAINING_FILES, IsolatedTestCase, write_hparam_file, write_tiny_minari
+from testing_utils import (TRAINING_FILES, IsolatedTestCase, interruptible, write_hparam_file,
+                           write_tiny_minari)
 
 SWEEP = TRAINING_FILES / "sweep.py"
 PIPELINE_FLAGS = ["--dataset", "mujoco", "--env", "walker2d", "--names", "expert-v0",
@@ -138,7 +139,7 @@ class InterruptedSweep(SweepTestCase):
                                  "--grid", "mix_ratio=0.5", "--max_concurrent", "1",
                                  "--num_cpus", "2", "--sweep_id", "s"],
                                 cwd=self.work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=shell_env())
+                                text=True, env=shell_env(), preexec_fn=interruptible)
         try:
             deadline = time.time() + 400
             while not [e for e in self.entries("s") if e["status"] == "ok"]:

@@ -8,6 +8,7 @@ repository's run outputs.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,13 @@ class IsolatedTestCase(unittest.TestCase):
         return subprocess.run([sys.executable, str(ENTRY_SCRIPT), *args], cwd=self.work,
                               capture_output=True, text=True, timeout=timeout,
                               input=stdin if stdin is not None else "", env=os.environ.copy())
+
+
+def interruptible() -> None:
+    """preexec_fn for a child the test interrupts with SIGINT. A shell that starts the suite in
+    the background (`nohup ... &`) ignores SIGINT, children inherit that, and Python then never
+    raises KeyboardInterrupt: the Ctrl-C tests would test the invoker, not the pipeline."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def save_tiny_policy(path: Path, env_id: str = "Walker2d-v4", seed: int = 0,
