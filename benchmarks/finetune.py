@@ -18,6 +18,7 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-offline_improvement  offline_policy_updates 20: 20 updates on offline samples alone
                           before the first rollout, kept only if they evaluate >= BC
   hybrid-log_std_decay_2  log_std_decay 2.0: exploration noise ends at e^-2 of BC's, not e^-1
+  hybrid-positive_bc_coeff_0.05  --bc_coeff 0.05 (10x the default) with positive advantages
 Signed ablations:
   hybrid-no_critic_only   critic_only_updates 0
   hybrid-constant_lr      lr_schedule constant
@@ -77,6 +78,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-signed_offline": {"hparams": SIGNED},
     "hybrid-offline_improvement": {"hparams": {"offline_policy_updates": 20}},
     "hybrid-log_std_decay_2": {"hparams": {"log_std_decay": 2.0}},
+    "hybrid-positive_bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},
