@@ -17,6 +17,8 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-signed_
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-signed_offline
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 --variants hybrid-offline_improvement
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-offline_improvement
+phase --datasets medium-v0 --seeds 0 1 2 3 --variants hybrid-log_std_decay_2 \
+  hybrid-positive_bc_coeff_0.05
 # 4. ablations of the signed method (measured while it was the default)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
   bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1
