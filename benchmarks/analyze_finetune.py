@@ -156,8 +156,8 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
         if any(not np.isnan(r["gate_delta"]) for rs in rows.values() for r in rs):
             md.append("")
         pairs = [(v, "bc_ppo") for v in rows if v != "bc_ppo" and "bc_ppo" in rows]
-        pairs += [(baseline(v, variants), v) for v in rows
-                  if v.startswith("hybrid-") and baseline(v, variants) in rows]
+        pairs += [(base, v) for v in rows
+                  if v.startswith("hybrid-") and (base := baseline(v, variants)) in rows]
         # a change made to both methods: compare them under it too
         pairs += [(v, "bc_ppo" + v[len("hybrid"):]) for v in rows
                   if v.startswith("hybrid-") and "bc_ppo" + v[len("hybrid"):] in rows]

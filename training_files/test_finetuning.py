@@ -189,20 +189,21 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertTrue(later and set(later) == {"1"}, later)
 
     def test_reverted_offline_improvement_continues_as_a_run_without_it(self):
-        def run(updates: int, log: str):
+        def build(updates: int, log: str):
             model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
                                 offline_data=stochastic_data(), segment_length=16,
                                 policy_kwargs=tiny_policy_kwargs(), offline_policy_updates=updates)
             model.set_logger(configure(str(self.work / log), ["csv"]))
+            return model
+
+        def run(updates: int, log: str):
+            model = build(updates, log)
             model.learn(64)  # the improvement runs, then one rollout and one update
             return model
 
         plain = run(0, "plain")
         before = self._actor(make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs()))
-        model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
-                            offline_data=stochastic_data(), segment_length=16,
-                            policy_kwargs=tiny_policy_kwargs(), offline_policy_updates=2)
-        model.set_logger(configure(str(self.work / "log"), ["csv"]))
+        model = build(2, "log")
         model._setup_learn(64)
         model.improve_offline(2)
         self.assertTrue(any(not torch.equal(v, self._actor(model)[k]) for k, v in before.items()))
@@ -211,10 +212,7 @@ class FineTuningMechanismsTest(IsolatedTestCase):
             self.assertTrue(torch.equal(v, self._actor(model)[k]), k)
         self.assertIsNone(model._before_improvement)  # the copy is dropped once settled
         # reverted inside learn (as the gate does it): the run is the run without offline updates
-        reverted = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
-                               offline_data=stochastic_data(), segment_length=16,
-                               policy_kwargs=tiny_policy_kwargs(), offline_policy_updates=2)
-        reverted.set_logger(configure(str(self.work / "reverted"), ["csv"]))
+        reverted = build(2, "reverted")
         original = reverted.improve_offline
 
         def improve_then_revert(n):
