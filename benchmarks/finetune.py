@@ -19,6 +19,8 @@ so they differ from `hybrid-signed_offline` in one thing):
                           before the first rollout, kept only if they evaluate >= BC
   hybrid-log_std_decay_2  log_std_decay 2.0: exploration noise ends at e^-2 of BC's, not e^-1
   hybrid-positive_bc_coeff_0.05  --bc_coeff 0.05 (10x the default) with positive advantages
+  hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
+                          walker2d, a variant on ant and humanoid, whose entries keep signed ones
 Signed ablations:
   hybrid-no_critic_only   critic_only_updates 0
   hybrid-constant_lr      lr_schedule constant
@@ -79,6 +81,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-offline_improvement": {"hparams": {"offline_policy_updates": 20}},
     "hybrid-log_std_decay_2": {"hparams": {"log_std_decay": 2.0}},
     "hybrid-positive_bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
+    "hybrid-positive_offline": {"hparams": {"offline_advantages": "positive"}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},
