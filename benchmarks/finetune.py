@@ -19,6 +19,9 @@ so they differ from `hybrid-signed_offline` in one thing):
                           before the first rollout, kept only if they evaluate >= BC
   hybrid-log_std_decay_2  log_std_decay 2.0: exploration noise ends at e^-2 of BC's, not e^-1
   hybrid-positive_bc_coeff_0.05  --bc_coeff 0.05 (10x the default) with positive advantages
+  hybrid-anchor           anchor_coeff 1.0, anchor_decay 0.95: the mean action is held near
+                          BC's by a KL penalty whose weight decays per update (DAPG's schedule)
+  bc_ppo-anchor           the same anchor on PPO started from BC
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
                           walker2d, a variant on ant and humanoid, whose entries keep signed ones
 Signed ablations:
@@ -74,6 +77,7 @@ NO_DECAY = {"log_std_decay": 0.0}
 # The ablations below were measured when signed offline advantages were the default: they keep
 # it, so a rerun reproduces them; they are variants of `hybrid-signed_offline`.
 SIGNED = {"offline_advantages": "signed"}
+ANCHOR = {"anchor_coeff": 1.0, "anchor_decay": 0.95}
 VARIANTS: dict[str, dict] = {
     "bc_ppo": {"flags": ["--mix_ratio", "0"]},
     "hybrid": {},
@@ -82,6 +86,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-log_std_decay_2": {"hparams": {"log_std_decay": 2.0}},
     "hybrid-positive_bc_coeff_0.05": {"flags": ["--bc_coeff", "0.05"]},
     "hybrid-positive_offline": {"hparams": {"offline_advantages": "positive"}},
+    "hybrid-anchor": {"hparams": ANCHOR},
+    "bc_ppo-anchor": {"flags": ["--mix_ratio", "0"], "hparams": ANCHOR},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},

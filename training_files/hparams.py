@@ -116,6 +116,11 @@ class HybridConfig(EnvConfig):
     """Exploration noise schedule: log_std falls linearly by this much over the run (on top of
     what PPO learns), so the noisy policy that is trained ends closer to the deterministic one
     that is evaluated. 0: off."""
+    anchor_coeff: float = Field(0.0, ge=0)
+    """Weight of the penalty that keeps the mean action near the policy fine-tuning started
+    from (KL at the start's noise; policy_anchor.py). 0: off."""
+    anchor_decay: float = Field(1.0, gt=0, le=1)
+    """The anchor's weight is anchor_coeff * anchor_decay ** update (DAPG's lambda1)."""
     ood: OODConfig = Field(default_factory=OODConfig)
     eval_freq: int = Field(10_000, gt=0)
     eval_episodes: int = Field(10, ge=1)

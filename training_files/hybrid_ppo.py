@@ -32,6 +32,7 @@ from critic_warmup import warm_up_critic
 from hparams import OODConfig
 from offline_batch import OfflineBuffer, UpdateSamples, normalise_per_source
 from offline_data import OfflineData
+from policy_anchor import MeanActionAnchor
 
 class HybridPPO(PPO):
     """PPO + offline segments with V-trace, OOD weights, a BC term and critic warm-ups.
@@ -76,6 +77,9 @@ class HybridPPO(PPO):
         BC's log_std is the noise of the data; PPO at a fine-tuning learning rate barely moves
         it, so without a schedule the policy explores with the data's noise to the end while
         the deterministic policy is what is evaluated and handed over.
+    :param anchor_coeff: weight of a penalty keeping the mean action near the policy training
+        started from (its KL at the start's noise, `policy_anchor.py`), multiplied by
+        anchor_decay ** (updates so far); 0: off.
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -87,7 +91,8 @@ class HybridPPO(PPO):
                  offline_advantage_centering: Literal["mean", "rho", "none"] = "mean",
                  offline_advantages: Literal["signed", "positive"] = "signed",
                  offline_policy_updates: int = 0,
-                 log_std_min: float | None = None, log_std_decay: float = 0.0, **kwargs):
+                 log_std_min: float | None = None, log_std_decay: float = 0.0,
+                 anchor_coeff: float = 0.0, anchor_decay: float = 1.0, **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
         self.mix_ratio = mix_ratio
@@ -104,6 +109,8 @@ class HybridPPO(PPO):
         self._offline_only = False  # the current update draws offline samples alone
         self.log_std_min = log_std_min
         self.log_std_decay, self.log_std_decayed = log_std_decay, 0.0
+        self.anchor_coeff, self.anchor_decay = anchor_coeff, anchor_decay
+        self._anchor: MeanActionAnchor | None = None  # made when learning starts
         self.warmed_up = False
         self.warmup_stats: dict = {}
         self.policy_updates = 0  # train() calls, for bc_decay and the critic-only phase
@@ -116,7 +123,7 @@ class HybridPPO(PPO):
     def _excluded_save_params(self) -> list[str]:
         # The dataset and the behaviour policy are inputs, not model state: keep zips small.
         # The pre-improvement copy (for the gate's revert) is a second policy: not saved either.
-        return super()._excluded_save_params() + ["offline", "_before_improvement"]
+        return super()._excluded_save_params() + ["offline", "_before_improvement", "_anchor"]
 
     @property
     def offline_data(self) -> OfflineData | None:
@@ -160,6 +167,8 @@ class HybridPPO(PPO):
 
     def _setup_learn(self, *args, **kwargs):
         out = super()._setup_learn(*args, **kwargs)
+        if self.anchor_coeff > 0 and self._anchor is None:  # the policy as fine-tuning starts
+            self._anchor = MeanActionAnchor(self.policy, self.anchor_coeff, self.anchor_decay)
         if self.offline is not None and self.warm_start_steps > 0 and not self.warmed_up:
             self.warm_up_value_function(self.warm_start_steps)
         return out
@@ -279,6 +288,8 @@ class HybridPPO(PPO):
         batch, is_offline, offline_stats = self._update_samples()
         critic_only = not self._offline_only and self.policy_updates < self.critic_only_updates
         bc_coeff = self.bc_coeff * self.bc_decay ** self.policy_updates
+        anchor_coeff = 0.0 if self._anchor is None or critic_only else self._anchor.weight(self.policy_updates)
+        start_means = self._anchor.start_means(batch.observations) if anchor_coeff > 0 else None
 
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -290,6 +301,7 @@ class HybridPPO(PPO):
         minibatch = max(1, int(round(self.batch_size * n_total / (self.n_steps * self.n_envs))))
 
         entropy_losses, pg_losses, value_losses, bc_losses, clip_fractions = [], [], [], [], []
+        anchor_losses = []
         approx_kl_divs = []
         continue_training = True
         for epoch in range(self.n_epochs):
@@ -337,6 +349,13 @@ class HybridPPO(PPO):
                         bc_loss = -(weights[offline_mb] * log_prob[offline_mb]).mean()
                         bc_losses.append(bc_loss.item())
                         loss = loss + bc_coeff * bc_loss
+                    if start_means is not None:
+                        # evaluate_actions left this minibatch's distribution in action_dist
+                        # (SB3's proba_distribution returns and keeps `self`).
+                        means = self.policy.action_dist.distribution.mean
+                        anchor_loss = self._anchor.penalty(means, start_means[mb])
+                        anchor_losses.append(anchor_loss.item())
+                        loss = loss + anchor_coeff * anchor_loss
 
                 with torch.no_grad():
                     log_ratio = log_prob - batch.old_log_prob[mb]
@@ -365,6 +384,9 @@ class HybridPPO(PPO):
         self.logger.record("train/critic_only", int(critic_only))
         if bc_losses:
             self.logger.record("train/bc_coeff", bc_coeff)
+        if anchor_losses:  # KL of the mean action to the start, at the start's noise
+            self.logger.record("train/anchor_kl", np.mean(anchor_losses))
+            self.logger.record("train/anchor_coeff", anchor_coeff)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
 

@@ -102,7 +102,8 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         ood=cfg.ood, offline_advantage_centering=cfg.offline_advantage_centering,
         offline_advantages=cfg.offline_advantages,
         offline_policy_updates=cfg.offline_policy_updates,
-        log_std_min=cfg.log_std_min, log_std_decay=cfg.log_std_decay)
+        log_std_min=cfg.log_std_min, log_std_decay=cfg.log_std_decay,
+        anchor_coeff=cfg.anchor_coeff, anchor_decay=cfg.anchor_decay)
     try:
         model.load_bc_checkpoint(bc_checkpoint)
     except RuntimeError as exc:  # torch's load_state_dict reports shape/key mismatches so

@@ -5,7 +5,8 @@
 - Critic-only updates leave the actor untouched and move the critic; the linear lr schedule
   reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
   documented; positive-only offline advantages never push the actor away from the data;
-  offline policy updates move the actor before the first env step, and a reverted
+  offline policy updates move the actor before the first env step; the mean-action anchor
+  keeps the actor near its start with a decaying weight; and a reverted
   improvement continues as the run without it; the best-model keeper never hands over a
   model measured worse than the start.
 """
@@ -124,6 +125,30 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         coeffs = [float(r["train/bc_coeff"]) for r in rows if r.get("train/bc_coeff")]
         self.assertEqual(coeffs, [0.1, 0.05, 0.025])  # rows lag one update (SB3's dump)
         self.assertEqual(model.policy_updates, 4)
+
+    def test_mean_action_anchor_holds_the_start_and_decays(self):
+        start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
+        obs = torch.as_tensor(stochastic_data().observations[:256])
+        with torch.no_grad():
+            start_mean = start.policy.get_distribution(obs).distribution.mean
+        drift = {}
+        for coeff in (0.0, 100.0):
+            model = self._learn(steps=256, log=f"anchor{coeff}", anchor_coeff=coeff,
+                                anchor_decay=0.5, learning_rate=3e-3)
+            with torch.no_grad():
+                mean = model.policy.get_distribution(obs).distribution.mean
+            drift[coeff] = float((mean - start_mean).pow(2).sum(-1).mean())
+            if coeff:  # the penalty is the documented KL, computed from the live distribution
+                std = torch.exp(start.policy.log_std).detach()
+                expected = 0.5 * (((mean - start_mean) / std) ** 2).sum(-1).mean()
+                torch.testing.assert_close(model._anchor.penalty(mean, model._anchor.start_means(obs)),
+                                           expected)
+                rows = read_progress(self.work / f"anchor{coeff}" / "progress.csv")
+                coeffs = [float(r["train/anchor_coeff"]) for r in rows if r.get("train/anchor_coeff")]
+                self.assertEqual(coeffs, [100.0, 50.0, 25.0])
+                self.assertNotIn("_anchor", model.get_parameters())
+        self.assertGreater(drift[0.0], 0.0)
+        self.assertLess(drift[100.0], 0.5 * drift[0.0])
 
     def test_advantage_centring_modes(self):
         adv = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])

@@ -1,0 +1,43 @@
+"""Anchor of the mean action to the policy fine-tuning started from, with a decaying weight.
+
+Why: on medium-v0 the first actor updates sometimes cost a third of BC's score within 10-30k
+steps (critic fitted to a few rollouts, Adam's first full-size steps); the seeds recover, but a
+user who stops there keeps a worse policy. The penalty is the KL between the current policy
+and the start (the BC policy) if both had the start's exploration noise,
+0.5 * sum_i ((mean_i(s) - start_mean_i(s)) / start_std_i)^2, averaged over the update's states
+(online and offline). Only the mean is anchored: the deterministic action is what is evaluated
+and handed over, and the noise has its own schedule (log_std_decay). The weight falls as
+coeff * decay^k over updates, DAPG's lambda0 * lambda1^k (Rajeswaran et al. 2018): held early,
+free later, when the critic has seen enough of the fine-tuned policy's own returns.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from offline_batch import chunked, frozen_copy
+
+
+class MeanActionAnchor:
+    """A frozen copy of the starting policy and the penalty that keeps the mean action near it."""
+
+    def __init__(self, policy, coeff: float, decay: float):
+        if not hasattr(policy, "log_std"):
+            raise ValueError("anchor_coeff needs a Gaussian policy with a state-independent "
+                             "log_std (SB3's DiagGaussian, as on every MuJoCo entry)")
+        self.start = frozen_copy(policy, None)
+        self.start_std = torch.exp(self.start.log_std).detach()
+        self.coeff, self.decay = coeff, decay
+
+    def weight(self, update: int) -> float:
+        """coeff * decay^update (update: train() calls so far, as for bc_decay)."""
+        return self.coeff * self.decay ** update
+
+    @torch.no_grad()
+    def start_means(self, observations: torch.Tensor) -> torch.Tensor:
+        """The start policy's mean action for every row (computed once per update)."""
+        return chunked(lambda o: self.start.get_distribution(o).distribution.mean, observations)
+
+    def penalty(self, means: torch.Tensor, start_means: torch.Tensor) -> torch.Tensor:
+        """Mean over rows of the KL above (nats); differentiable in `means`."""
+        return 0.5 * (((means - start_means) / self.start_std) ** 2).sum(dim=-1).mean()
