@@ -10,8 +10,8 @@ policy being optimised).
 Only `train()`, `_setup_learn()` (critic warm-up) and `collect_rollouts()` (the optional
 offline improvement before the first rollout) are overridden, calling SB3's own, so
 SB3's rollouts, logger keys and save/load stay intact; a saved zip loads with `PPO.load`. With
-every mechanism switched off (mix_ratio 0, bc_coeff 0, no warm-up, no critic-only updates),
-`train()` is SB3's PPO.train bit for bit (tested).
+every mechanism switched off (mix_ratio 0, bc_coeff 0, no warm-up, no critic-only updates,
+no anchor), `train()` is SB3's PPO.train bit for bit (tested).
 """
 
 from __future__ import annotations
