@@ -85,6 +85,27 @@ def per_run(r: dict) -> dict:
             "wall_min": r["wall_time_s"] / 60}
 
 
+def episode_ends(variants: dict[str, list[dict]]) -> str | None:
+    """Fine-tuned evaluations (after step 0, every variant) split by whether each of their
+    episodes ran to the time limit or one ended early (on walker2d: the walker fell). Why:
+    a deterministic walker2d evaluation loses most of its score through falls, so this shows
+    what a run that never falls scores, i.e. how much room is left above a plateau."""
+    import gymnasium as gym
+
+    env_ids = {r["config"]["env_id"] for rs in variants.values() for r in rs}
+    limit = gym.spec(env_ids.pop()).max_episode_steps if len(env_ids) == 1 else None
+    evals = [e for rs in variants.values() for r in rs for e in periodic(r["curve"])[1:]
+             if e.get("mean_ep_length") is not None]
+    if limit is None or not evals:
+        return None
+    full = np.array([score(e) for e in evals if e["mean_ep_length"] >= limit])
+    early = np.array([score(e) for e in evals if e["mean_ep_length"] < limit])
+    describe = lambda x: (f"{len(x)} (median {np.median(x):.1f}, max {x.max():.1f})"  # noqa: E731
+                          if len(x) else "0")
+    return (f"- Evaluations after step 0, all variants: every episode ran to the {limit}-step "
+            f"limit in {describe(full)}; at least one ended early in {describe(early)}.")
+
+
 def iqm_ci(values: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
     point, interval = rly.get_interval_estimates(
         {"x": values.reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]),
@@ -155,6 +176,8 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
                           f"min {deltas.min():+.1f}, max {deltas.max():+.1f}")
         if any(not np.isnan(r["gate_delta"]) for rs in rows.values() for r in rs):
             md.append("")
+        if (ends := episode_ends(variants)) is not None:
+            md += [ends, ""]
         pairs = [(v, "bc_ppo") for v in rows if v != "bc_ppo" and "bc_ppo" in rows]
         pairs += [(base, v) for v in rows
                   if v.startswith("hybrid-") and (base := baseline(v, variants)) in rows]

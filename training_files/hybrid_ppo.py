@@ -288,7 +288,8 @@ class HybridPPO(PPO):
         batch, is_offline, offline_stats = self._update_samples()
         critic_only = not self._offline_only and self.policy_updates < self.critic_only_updates
         bc_coeff = self.bc_coeff * self.bc_decay ** self.policy_updates
-        anchor_coeff = 0.0 if self._anchor is None or critic_only else self._anchor.weight(self.policy_updates)
+        anchor_coeff = (0.0 if self._anchor is None or critic_only
+                        else self._anchor.weight(self.policy_updates))
         start_means = self._anchor.start_means(batch.observations) if anchor_coeff > 0 else None
 
         self.policy.set_training_mode(True)
