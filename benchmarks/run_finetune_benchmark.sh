@@ -8,17 +8,20 @@ phase() {
   for w in 0 1; do python benchmarks/finetune.py "$@" --worker "$w/2" & done
   wait
 }
-# 1. headline on medium data: HybridPPO against PPO-from-BC, 10 seeds
-phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid bc_ppo
+# 1. headline on medium data: HybridPPO against PPO-from-BC, 15 seeds
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 --variants hybrid bc_ppo
 # 2. expert data, 5 seeds
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid
 # 3. positive advantages against the previous default (signed); offline improvement on top
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-signed_offline
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-signed_offline
-phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 --variants hybrid-offline_improvement
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-offline_improvement
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-offline_improvement
 phase --datasets medium-v0 --seeds 0 1 2 3 --variants hybrid-log_std_decay_2 \
   hybrid-positive_bc_coeff_0.05
+# the mean-action anchor (against the early dips), on both methods
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-anchor
+phase --datasets medium-v0 --seeds 0 1 2 3 --variants bc_ppo-anchor
 # 4. ablations of the signed method (measured while it was the default)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
   bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1
@@ -31,8 +34,8 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 --variants hybrid-signed_offl
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-signed_offline_improvement
 # 5. QUICKSTART's other envs on their bundled data, one seed (learning curves)
 python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 --variants hybrid bc_ppo \
-  --timesteps 500000 &
+  hybrid-positive_offline --timesteps 500000 &
 python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 0 \
-  --variants hybrid bc_ppo --timesteps 500000 &
+  --variants hybrid bc_ppo hybrid-positive_offline --timesteps 500000 &
 wait
 python benchmarks/analyze_finetune.py
