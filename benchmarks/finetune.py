@@ -22,6 +22,9 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-anchor           anchor_coeff 1.0, anchor_decay 0.95: the mean action is held near
                           BC's by a KL penalty whose weight decays per update (DAPG's schedule)
   bc_ppo-anchor           the same anchor on PPO started from BC
+  hybrid-anchor_offline_critic_only  the anchor, and offline samples train the critic only
+                          (offline_advantages none): the data's values without their actions
+  hybrid-offline_critic_only  offline samples train the critic only, no anchor
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
                           walker2d, a variant on ant and humanoid, whose entries keep signed ones
 Signed ablations:
@@ -88,6 +91,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-positive_offline": {"hparams": {"offline_advantages": "positive"}},
     "hybrid-anchor": {"hparams": ANCHOR},
     "bc_ppo-anchor": {"flags": ["--mix_ratio", "0"], "hparams": ANCHOR},
+    "hybrid-anchor_offline_critic_only": {"hparams": {**ANCHOR, "offline_advantages": "none"}},
+    "hybrid-offline_critic_only": {"hparams": {"offline_advantages": "none"}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},

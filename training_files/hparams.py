@@ -108,10 +108,10 @@ class HybridConfig(EnvConfig):
     offline_improvement_gate: bool = True
     """Keep the offline-improved policy only if its evaluation (the periodic-evaluation
     episodes) is at least BC's step-0 evaluation; otherwise go on from BC."""
-    offline_advantages: Literal["signed", "positive"] = "signed"
+    offline_advantages: Literal["signed", "positive", "none"] = "signed"
     """positive: offline samples enter the policy gradient only where their V-trace advantage
     is positive, max(A, 0) / RMS, not centred (self-imitation of the data's better actions);
-    signed: as online."""
+    signed: as online; none: offline samples train the critic (and the BC term) only."""
     log_std_decay: float = Field(0.0, ge=0)
     """Exploration noise schedule: log_std falls linearly by this much over the run (on top of
     what PPO learns), so the noisy policy that is trained ends closer to the deterministic one

@@ -71,7 +71,9 @@ class HybridPPO(PPO):
         is strong while the data beat the policy (a collapse on expert data) and fades by
         itself once the policy beats the data (medium data), with no coefficient to tune.
         Pushing away is the part to distrust: it acts on actions pi rarely takes, where the
-        ratio and the critic are least reliable. "signed": both signs, as online.
+        ratio and the critic are least reliable. "signed": both signs, as online. "none":
+        offline samples stay out of the policy gradient and train the critic (and the BC
+        term) only: what the data's values buy without the data's actions.
     :param log_std_decay: after each update log_std is lowered so that by the end of the run
         it has fallen by this much in total, linearly in env steps (floored at log_std_min).
         BC's log_std is the noise of the data; PPO at a fine-tuning learning rate barely moves
@@ -89,7 +91,7 @@ class HybridPPO(PPO):
                  critic_only_updates: int = 0, segment_length: int = 64,
                  ood: OODConfig | None = None,
                  offline_advantage_centering: Literal["mean", "rho", "none"] = "mean",
-                 offline_advantages: Literal["signed", "positive"] = "signed",
+                 offline_advantages: Literal["signed", "positive", "none"] = "signed",
                  offline_policy_updates: int = 0,
                  log_std_min: float | None = None, log_std_decay: float = 0.0,
                  anchor_coeff: float = 0.0, anchor_decay: float = 1.0, **kwargs):
@@ -323,6 +325,8 @@ class HybridPPO(PPO):
                     centering = ("none" if self.offline_advantages == "positive"
                                  else self.offline_advantage_centering)
                     advantages = normalise_per_source(advantages, batch.rhos[mb], offline_mb, centering)
+                if self.offline_advantages == "none":
+                    advantages = torch.where(offline_mb, torch.zeros_like(advantages), advantages)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob[mb])
                 surrogate = torch.min(advantages * ratio,

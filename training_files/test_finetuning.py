@@ -191,6 +191,25 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertTrue(any(not torch.equal(v, runs["signed"][k])
                             for k, v in self._actor(start).items()))
 
+    def test_offline_advantages_none_leaves_the_actor_to_online_samples(self):
+        # All samples offline (mix_ratio 1): "none" trains the critic alone, "positive" the
+        # actor too (the data's rewards give some positive advantages).
+        start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
+        runs = {}
+        for mode in ("none", "positive"):
+            model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                                offline_data=stochastic_data(), segment_length=16,
+                                policy_kwargs=tiny_policy_kwargs(), mix_ratio=1.0,
+                                offline_advantages=mode)
+            model.set_logger(configure(str(self.work / mode), ["csv"]))
+            model.learn(64)
+            runs[mode] = model
+        for k, v in self._actor(start).items():
+            self.assertTrue(torch.equal(v, self._actor(runs["none"])[k]), k)
+        self.assertFalse(torch.equal(start.policy.value_net.weight, runs["none"].policy.value_net.weight))
+        self.assertTrue(any(not torch.equal(v, self._actor(runs["positive"])[k])
+                            for k, v in self._actor(start).items()))
+
     def test_offline_policy_updates_move_the_actor_before_any_env_step(self):
         # Critic-only for every online update: only the offline updates can move the actor.
         start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
