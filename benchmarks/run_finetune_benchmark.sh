@@ -25,6 +25,7 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants bc_ppo-anchor
 phase --datasets expert-v0 --seeds 0 1 2 3 --variants hybrid-anchor
 phase --datasets medium-v0 --seeds 0 1 2 3 --variants hybrid-anchor_offline_critic_only \
   hybrid-offline_critic_only
+phase --datasets medium-v0 --seeds 4 5 6 7 8 9 --variants hybrid-anchor_offline_critic_only
 # 4. ablations of the signed method (measured while it was the default)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
   bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1
