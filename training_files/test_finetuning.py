@@ -5,8 +5,9 @@
 - Critic-only updates leave the actor untouched and move the critic; the linear lr schedule
   reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
   documented; positive-only offline advantages never push the actor away from the data;
-  offline policy updates move the actor before the first env step; the mean-action anchor
-  keeps the actor near its start with a decaying weight; and a reverted
+  offline samples with offline_advantages "none" train the critic only; offline policy updates
+  move the actor before the first env step; the mean-action anchor keeps the actor near its
+  start with a decaying weight; and a reverted
   improvement continues as the run without it; the best-model keeper never hands over a
   model measured worse than the start.
 """
