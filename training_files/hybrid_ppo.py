@@ -170,7 +170,7 @@ class HybridPPO(PPO):
     def _setup_learn(self, *args, **kwargs):
         out = super()._setup_learn(*args, **kwargs)
         if self.anchor_coeff > 0 and self._anchor is None:  # the policy as fine-tuning starts
-            self._anchor = MeanActionAnchor(self.policy, self.anchor_coeff, self.anchor_decay)
+            self._anchor = MeanActionAnchor(self.policy)
         if self.offline is not None and self.warm_start_steps > 0 and not self.warmed_up:
             self.warm_up_value_function(self.warm_start_steps)
         return out
@@ -291,7 +291,7 @@ class HybridPPO(PPO):
         critic_only = not self._offline_only and self.policy_updates < self.critic_only_updates
         bc_coeff = self.bc_coeff * self.bc_decay ** self.policy_updates
         anchor_coeff = (0.0 if self._anchor is None or critic_only
-                        else self._anchor.weight(self.policy_updates))
+                        else self.anchor_coeff * self.anchor_decay ** self.policy_updates)
         start_means = self._anchor.start_means(batch.observations) if anchor_coeff > 0 else None
 
         self.policy.set_training_mode(True)

@@ -6,9 +6,10 @@ user who stops there keeps a worse policy. The penalty is the KL between the cur
 and the start (the BC policy) if both had the start's exploration noise,
 0.5 * sum_i ((mean_i(s) - start_mean_i(s)) / start_std_i)^2, averaged over the update's states
 (online and offline). Only the mean is anchored: the deterministic action is what is evaluated
-and handed over, and the noise has its own schedule (log_std_decay). The weight falls as
-coeff * decay^k over updates, DAPG's lambda0 * lambda1^k (Rajeswaran et al. 2018): held early,
-free later, when the critic has seen enough of the fine-tuned policy's own returns.
+and handed over, and the noise has its own schedule (log_std_decay). HybridPPO weighs it by
+anchor_coeff * anchor_decay^k over updates, next to the BC term's weight: DAPG's
+lambda0 * lambda1^k (Rajeswaran et al. 2018), held early, free later, when the critic has
+seen enough of the fine-tuned policy's own returns.
 Measured on walker2d medium-v0 (README Results, 10 seeds per method): it did not stop those
 dips, cost HybridPPO a little and helped PPO-from-BC on most seeds; off on every entry.
 """
@@ -23,17 +24,12 @@ from offline_batch import chunked, frozen_copy
 class MeanActionAnchor:
     """A frozen copy of the starting policy and the penalty that keeps the mean action near it."""
 
-    def __init__(self, policy, coeff: float, decay: float):
+    def __init__(self, policy):
         if not hasattr(policy, "log_std"):
             raise ValueError("anchor_coeff needs a Gaussian policy with a state-independent "
                              "log_std (SB3's DiagGaussian, as on every MuJoCo entry)")
         self.start = frozen_copy(policy, None)
         self.start_std = torch.exp(self.start.log_std).detach()
-        self.coeff, self.decay = coeff, decay
-
-    def weight(self, update: int) -> float:
-        """coeff * decay^update (update: train() calls so far, as for bc_decay)."""
-        return self.coeff * self.decay ** update
 
     @torch.no_grad()
     def start_means(self, observations: torch.Tensor) -> torch.Tensor:
