@@ -1,0 +1,145 @@
+"""How often the early-dip rule flags a policy that did not change: the rule's noise floor.
+
+The fine-tuning goal asks that no periodic evaluation in the first 50k steps falls below 90%
+of the seed's BC score (its step-0 evaluation, 10 deterministic episodes on fixed seeds). On
+medium-quality data a BC walker falls in some episodes, and which episodes fall is chaotic:
+a tiny change of the mean action re-draws them. This script measures that spread without any
+fine-tuning. For each benchmark seed it scores the seed's own BC policy on `--blocks` other
+10-episode seed blocks (seeds never used by the benchmark) and reports, per seed, the share
+`f` of blocks below 90% of that seed's step-0 score. The null model: if fine-tuning left the
+policy's quality unchanged but re-drew its falls, each of the 4 evaluations after the critic-
+only phase (20k-50k steps) would miss the rule with probability f, so the seed misses with
+probability 1 - (1 - f)^4. Summed over seeds: the misses to expect from evaluation noise alone.
+
+It reads the BC checkpoints the fine-tuning benchmark recorded (finetune.jsonl's
+`bc.best_checkpoint`, under --runs_dir) and first re-scores each on its step-0 seeds, which must
+reproduce the recorded step-0 score (same policy, same episodes). One JSON line per seed is
+appended to the results file as it finishes; a rerun skips seeds already there.
+
+  python benchmarks/eval_noise.py --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "training_files"))
+
+from evaluation import SELECTION_SEED_OFFSET, evaluate  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "runs" / "finetune"  # finetune.py's default --runs_dir
+NOISE_SEED_OFFSET = 30_000  # blocks of seed s start at 30,000 + 1,000 s: no benchmark uses them
+BLOCK = 10  # episodes per periodic evaluation (the hparam entry's eval_episodes)
+MOVED_EVALS = 4  # evaluations at 20k-50k steps; the 10k one falls in the critic-only phase
+ENV_ID = "Walker2d-v4"
+
+
+def recorded_runs(finetune: Path, dataset: str, variant: str) -> dict[int, dict]:
+    """seed -> the benchmark's record of `variant` on walker2d `dataset` (last one wins)."""
+    runs = {}
+    for line in finetune.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("env", "walker2d") == "walker2d" and r["dataset"] == dataset \
+                and r["variant"] == variant:
+            runs[r["seed"]] = r
+    return runs
+
+
+def bc_policy(record: dict, runs_dir: Path):
+    from stable_baselines3 import PPO
+
+    recorded = Path(record["bc"]["best_checkpoint"])
+    parts = recorded.parts
+    path = runs_dir.joinpath(*parts[parts.index("bc"):])  # bc/seed<N>/mujoco/walker2d/...
+    return PPO.load(path, device="cpu")
+
+
+def measure(seed: int, record: dict, runs_dir: Path, blocks: int) -> dict:
+    policy = bc_policy(record, runs_dir)
+    ref = record["dataset_info"]["ref_scores"]
+    step0 = record["curve"][0]
+    again = evaluate(policy, ENV_ID, {}, BLOCK, SELECTION_SEED_OFFSET + seed, ref)
+    if abs(again["mean_reward"] - step0["mean_reward"]) > 1e-3 * abs(step0["mean_reward"]):
+        raise SystemExit(f"seed {seed}: step-0 score not reproduced ({again['mean_reward']:.1f} "
+                         f"vs recorded {step0['mean_reward']:.1f}): wrong checkpoint?")
+    # One evaluation per block, exactly as a periodic one (evaluation.evaluate).
+    start = NOISE_SEED_OFFSET + 1_000 * seed
+    evals = [evaluate(policy, ENV_ID, {}, BLOCK, start + BLOCK * k, ref) for k in range(blocks)]
+    scores = [e["normalized_score"] for e in evals]
+    bc = step0["normalized_score"]
+    below = float(np.mean([s < 0.9 * bc for s in scores]))
+    return {"dataset": record["dataset"], "seed": seed, "step0_score": bc,
+            "step0_reproduced": again["normalized_score"], "block_episodes": BLOCK,
+            "block_seeds": [start, start + blocks * BLOCK - 1], "block_scores": scores,
+            "mean_ep_length": float(np.mean([e["mean_ep_length"] for e in evals])),
+            "share_below_90pct": below,
+            "p_miss_null": 1 - (1 - below) ** MOVED_EVALS}
+
+
+def summary(rows: list[dict]) -> str:
+    """Markdown table per seed, and what the null model expects over all seeds."""
+    lines = ["| seed | step-0 score | other 10-episode blocks: mean (sd) [min, max] | "
+             "share < 90% | P(miss) under the null |", "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        s = np.array(r["block_scores"])
+        lines.append(f"| {r['seed']} | {r['step0_score']:.1f} | {s.mean():.1f} ({s.std(ddof=1):.1f}) "
+                     f"[{s.min():.1f}, {s.max():.1f}] | {r['share_below_90pct']:.2f} | "
+                     f"{r['p_miss_null']:.2f} |")
+    p = np.array([r["p_miss_null"] for r in rows])
+    sds = np.array([np.std(r["block_scores"], ddof=1) for r in rows])
+    lines.append("")
+    lines.append(f"{len(rows)} seeds, {len(rows[0]['block_scores'])} blocks each: a 10-episode "
+                 f"evaluation's sd is {np.median(sds):.1f} points (median over seeds, range "
+                 f"{sds.min():.1f}-{sds.max():.1f}). Under the null, expected seeds missing the "
+                 f"early-dip rule: {p.sum():.1f} of {len(rows)}; P(no seed misses) = "
+                 f"{np.prod(1 - p):.2f}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="medium-v0")
+    p.add_argument("--variant", default="hybrid", help="whose recorded BC checkpoints to use")
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--blocks", type=int, default=20, help="10-episode blocks per seed")
+    p.add_argument("--runs_dir", type=Path, default=RUNS, help="finetune.py's --runs_dir")
+    p.add_argument("--finetune_results", type=Path, default=RESULTS / "finetune.jsonl")
+    p.add_argument("--results", type=Path, default=RESULTS / "eval_noise.jsonl")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+
+    runs = recorded_runs(args.finetune_results, args.dataset, args.variant)
+    done = {}
+    if args.results.exists():
+        for line in args.results.read_text().splitlines():
+            r = json.loads(line)
+            if r["dataset"] == args.dataset:
+                done[r["seed"]] = r
+    for seed in args.seeds:
+        if seed in done:
+            continue
+        if seed not in runs:
+            raise SystemExit(f"no {args.variant} run of {args.dataset} seed {seed} in "
+                             f"{args.finetune_results}")
+        row = measure(seed, runs[seed], args.runs_dir, args.blocks)
+        with open(args.results, "a") as fh:  # one line per seed: a crash keeps finished seeds
+            fh.write(json.dumps(row) + "\n")
+        done[seed] = row
+        print(f"seed {seed}: step-0 {row['step0_score']:.1f}, share of blocks < 90% "
+              f"{row['share_below_90pct']:.2f}", flush=True)
+    rows = [done[s] for s in args.seeds]
+    table = summary(rows)
+    (args.results.with_suffix(".md")).write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
