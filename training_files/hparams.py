@@ -125,6 +125,10 @@ class HybridConfig(EnvConfig):
     eval_freq: int = Field(10_000, gt=0)
     eval_episodes: int = Field(10, ge=1)
     """Deterministic episodes of each periodic evaluation (the best model is chosen on them)."""
+    confirm_episodes: int = Field(0, ge=0)
+    """Fresh selection episodes on which the best model must score at least BC's mean return
+    to be handed over (else BC is): the best of many noisy evaluations is biased upwards.
+    0: off, the best is handed over as measured."""
     test_episodes: int = Field(20, ge=1)
     """Deterministic episodes of the final test evaluation, on seeds never used for selection."""
 

@@ -4,8 +4,10 @@ The run keeps two models: the final one and the best by periodic evaluation, who
 candidate is the BC policy itself (the evaluation at step 0, before the actor has moved). So
 the run never hands over a policy it measured worse than BC (rl-zoo3 keeps `best_model.zip`;
 "Three regimes of O2O RL", arXiv 2510.01460, keeps the better of pretrained and fine-tuned).
-The chosen model, the final model and BC are then scored on one test evaluation whose episode
-seeds were never used for the choice.
+Because the best of some twenty noisy evaluations is biased upwards (the winner's curse), the
+best model must then beat BC once more on fresh selection episodes (`confirm_episodes`), or
+the run hands over BC. The chosen model, the final model and BC are then scored on one test
+evaluation whose episode seeds were never used for the choice.
 """
 
 from __future__ import annotations
@@ -63,15 +65,30 @@ class HybridResult:
     warmup: dict = field(default_factory=dict)
     save_error: str | None = None  # the requested path failed; save_file is the fallback
     seconds: dict = field(default_factory=dict)  # wall time per stage
+    confirmation: dict | None = None  # confirm_best's verdict; None: not run
+    bc_file: Path | None = None  # the BC policy the run started from
+
+    @property
+    def rejected(self) -> bool:
+        """The best model lost to BC on the confirmation episodes."""
+        return self.confirmation is not None and not self.confirmation["kept"]
 
     @property
     def best_source(self) -> str:
-        """'bc' when nothing beat the start, 'final' when the last evaluation was the best.
+        """'bc' when nothing beat the start (or the best failed its confirmation), 'final' when
+        the last evaluation was the best.
 
         A kept offline improvement is evaluated at step 0 too (with a note): not BC's actor."""
-        if self.best_eval["timesteps"] == 0 and not self.best_eval.get("note"):
+        if self.rejected or (self.best_eval["timesteps"] == 0 and not self.best_eval.get("note")):
             return "bc"
         return "final" if self.best_eval["timesteps"] == self.final_eval["timesteps"] else "best"
+
+    @property
+    def handed_over(self) -> Path:
+        """The model file the run tells the user to use (see best_source)."""
+        if self.rejected:
+            return self.bc_file
+        return self.save_file if self.best_source == "final" else self.best_file
 
 
 def make_train_env(cfg, seed: int, device: str):
@@ -253,12 +270,39 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     seconds = {**stage_times.seconds, "periodic_evaluation": evaluator.seconds,
                "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0),
                "offline_improvement": model.offline_improvement_seconds}
-    return HybridResult(save_file=save_file, best_file=keeper.path,
-                        timesteps=int(model.num_timesteps), interrupted=interrupted,
-                        final_eval=evaluator.history[-1], best_eval=keeper.best,
-                        evaluations=evaluator.history, warmup=dict(model.warmup_stats),
-                        seconds={k: round(v, 2) for k, v in seconds.items()},
-                        save_error=save_error)
+    result = HybridResult(save_file=save_file, best_file=keeper.path,
+                          timesteps=int(model.num_timesteps), interrupted=interrupted,
+                          final_eval=evaluator.history[-1], best_eval=keeper.best,
+                          evaluations=evaluator.history, warmup=dict(model.warmup_stats),
+                          save_error=save_error, bc_file=Path(bc_checkpoint))
+    if cfg.confirm_episodes > 0 and result.best_source != "bc" and not interrupted:
+        clock = time.perf_counter()
+        result.confirmation = confirm_best(keeper.path, result.bc_file, cfg, settings.seed,
+                                           settings.device, data.ref_scores)
+        seconds["confirmation"] = time.perf_counter() - clock
+    result.seconds = {k: round(v, 2) for k, v in seconds.items()}
+    return result
+
+
+def confirm_best(best_file: Path, bc_file: Path, cfg, seed: int, device: str, ref_scores) -> dict:
+    """Score the best model and BC on `cfg.confirm_episodes` selection episodes not used so far.
+
+    The best model won the largest of ~20 noisy 10-episode evaluations, so its score there is
+    biased upwards; on new episodes (the same for both models) the comparison is fair. It is
+    kept if it scores at least BC's mean return there. The seeds follow the periodic ones and
+    stay clear of the test seeds, which remain unseen by every choice.
+    """
+    from stable_baselines3 import PPO
+
+    start = seed + SELECTION_SEED_OFFSET + cfg.eval_episodes
+    env = EvalEnv(cfg.env_id, cfg.env_kwargs, cfg.confirm_episodes, start,
+                  float32_obs=device == "mps")
+    try:
+        best = env.evaluate(PPO.load(best_file, device=device), ref_scores)
+        bc = env.evaluate(PPO.load(bc_file, device=device), ref_scores)
+    finally:
+        env.close()
+    return {"best": best, "bc": bc, "kept": best["mean_reward"] >= bc["mean_reward"]}
 
 
 def test_evaluation(model_file: Path, cfg, seed: int, device: str, ref_scores) -> dict:

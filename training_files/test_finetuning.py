@@ -9,7 +9,8 @@
   move the actor before the first env step; the mean-action anchor keeps the actor near its
   start with a decaying weight; and a reverted
   improvement continues as the run without it; the best-model keeper never hands over a
-  model measured worse than the start.
+  model measured worse than the start, and a best model that loses to BC on the
+  confirmation episodes is not handed over.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from evaluation import EvalEnv
-from hybrid_training import BestModelKeeper, HybridResult
+from evaluation import EvalEnv, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET
+from hybrid_training import BestModelKeeper, HybridResult, confirm_best
 from offline_batch import normalise_per_source
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
                              setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs,
@@ -329,6 +330,44 @@ class BestModelKeeperTest(IsolatedTestCase):
         improved = {"mean_reward": 12.0, "timesteps": 0, "note": "offline improvement, kept"}
         self.assertEqual(HybridResult(self.work / "run.zip", path, 400, False, final,
                                       improved).best_source, "best")
+
+    def test_confirmation_scores_both_on_new_episodes_and_can_hand_over_bc(self):
+        from types import SimpleNamespace
+
+        cfg = SimpleNamespace(env_id=ENV_ID, env_kwargs={}, eval_episodes=3, confirm_episodes=4)
+        seed = 7
+        files = {}
+        for name, model_seed in (("bc", 0), ("other", 1)):
+            files[name] = self.work / f"{name}.zip"
+            tiny_ppo(model_seed).save(files[name])
+        same = confirm_best(files["bc"], files["bc"], cfg, seed, "cpu", None)
+        self.assertTrue(same["kept"])  # a tie keeps the best
+        self.assertEqual(same["best"]["mean_reward"], same["bc"]["mean_reward"])
+        # The episodes follow the periodic ones (seed + offset .. + eval_episodes - 1) and
+        # stay clear of the test episodes.
+        start = seed + SELECTION_SEED_OFFSET + cfg.eval_episodes
+        self.assertEqual(same["best"]["seeds"], [start, start + 3])
+        self.assertLess(start + 3, seed + TEST_SEED_OFFSET)
+        env = EvalEnv(ENV_ID, {}, 4, start)
+        direct = env.evaluate(PPO.load(files["other"], device="cpu"), None)
+        env.close()
+        versus = confirm_best(files["other"], files["bc"], cfg, seed, "cpu", None)
+        self.assertEqual(versus["best"]["mean_reward"], direct["mean_reward"])
+        self.assertEqual(versus["kept"], direct["mean_reward"] >= same["bc"]["mean_reward"])
+
+        # what the run hands over, for both verdicts (best found at step 300 of 400)
+        best = {"mean_reward": 11.0, "timesteps": 300}
+        final = {"mean_reward": 5.0, "timesteps": 400}
+        for kept, source, handed in ((True, "best", "run_best.zip"), (False, "bc", "bc.zip")):
+            result = HybridResult(self.work / "run.zip", self.work / "run_best.zip", 400, False,
+                                  final, best, bc_file=files["bc"],
+                                  confirmation={**versus, "kept": kept})
+            self.assertEqual((result.best_source, result.handed_over),
+                             (source, self.work / handed))
+        final_best = HybridResult(self.work / "run.zip", self.work / "run_best.zip", 400, False,
+                                  best | {"timesteps": 400}, best | {"timesteps": 400},
+                                  bc_file=files["bc"], confirmation={**versus, "kept": True})
+        self.assertEqual(final_best.handed_over, self.work / "run.zip")
 
 
 if __name__ == "__main__":

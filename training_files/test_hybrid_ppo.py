@@ -623,6 +623,11 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
         self.assertEqual([e["timesteps"] for e in result.evaluations], [0, 128, 256])
         self.assertEqual(result.final_eval["timesteps"], 256)
         self.assertEqual(result.warmup["warmup/grad_steps"], 20)
+        if result.best_eval["timesteps"] > 0:  # a trained model won: BC had to be beaten again
+            self.assertEqual(result.confirmation["best"]["episodes"], cfg.confirm_episodes)
+            self.assertGreater(result.seconds["confirmation"], 0)
+        else:
+            self.assertIsNone(result.confirmation)
 
         tb = settings.tb_dir
         self.assertTrue(list(tb.glob("events.out.tfevents*")), list(tb.iterdir()))

@@ -349,10 +349,15 @@ def run_pipeline(args, entry: dict, on_eval=None) -> dict:
         entry["hybrid_save_error"] = result.save_error
         raise PipelineError(result.save_error)
     print(f"Saved hybrid PPO model to {result.save_file} after {result.timesteps} steps; "
-          f"best by periodic evaluation ({result.best_source}, step {result.best_eval['timesteps']}): "
+          f"best by periodic evaluation (step {result.best_eval['timesteps']}): "
           f"{result.best_file}")
     if result.interrupted:
         raise KeyboardInterrupt
+    if result.confirmation is not None:
+        c = result.confirmation
+        print(f"Confirmation on {c['best']['episodes']} new selection episodes: best "
+              f"{_describe(c['best'])}; BC {_describe(c['bc'])} -> "
+              + ("the best model is kept" if c["kept"] else "BC is handed over"))
 
     # 5. one test evaluation, on seeds the choice never saw, of the chosen, final and BC models
     clock = time.perf_counter()
@@ -365,8 +370,10 @@ def run_pipeline(args, entry: dict, on_eval=None) -> dict:
     # so its deterministic test episodes are BC's, already measured.
     chosen_test = {"final": final_test, "bc": entry["bc"]["test_eval"]}.get(result.best_source) \
         or test(result.best_file)
-    chosen = result.save_file if result.best_source == "final" else result.best_file
-    entry["result"] = {"model": str(chosen), "source": result.best_source, "test_eval": chosen_test}
+    entry["result"] = {"model": str(result.handed_over), "source": result.best_source,
+                       "test_eval": chosen_test}
+    if result.confirmation is not None:
+        entry["result"]["confirmation"] = result.confirmation
     seconds["test_evaluation"] = round(time.perf_counter() - clock, 2)
     return entry
 
