@@ -3,8 +3,8 @@
 Clones the repository's committed HEAD into a temporary folder, points HOME (and so the Minari
 and D4RL directories) at an empty folder, runs the command exactly as QUICKSTART writes it, and
 records its wall time and the per-stage seconds the pipeline logs (dataset generation, BC
-training, BC evaluation, critic warm-up, rollouts, updates, periodic evaluation, test
-evaluation) in benchmarks/results/first_run.json. Run it with nothing else on the machine.
+training, BC evaluation, critic warm-up, rollouts, updates, periodic evaluation,
+confirmation, test evaluation) in benchmarks/results/first_run.json. Run it with nothing else on the machine.
 
   python benchmarks/first_run.py [--extra_flags "--torch_threads 2"]
 """
@@ -54,6 +54,8 @@ def main() -> None:
               "bc_test": entry["bc"]["test_eval"]["normalized_score"],
               "result": {k: entry["result"][k] for k in ("source",)} | {
                   "test": entry["result"]["test_eval"]["normalized_score"]},
+              "confirmation": {k: (v["normalized_score"] if isinstance(v, dict) else v)
+                               for k, v in entry["result"].get("confirmation", {}).items()},
               "final_test": entry["final_test_eval"]["normalized_score"],
               "last_lines": proc.stdout.strip().splitlines()[-2:]}
     runs = json.loads(OUT.read_text()) if OUT.exists() else []
