@@ -117,7 +117,8 @@ def main() -> None:
     for line in args.finetune_results.read_text().splitlines():
         r = json.loads(line)
         if r.get("env", "walker2d") == "walker2d" and r["dataset"] in args.datasets \
-                and r["variant"] in args.variants and r["result"]["source"] != "bc":
+                and r["variant"] in args.variants and r["result"]["source"] != "bc" \
+                and not r["config"].get("confirm_episodes"):  # runs made with it: as they are
             runs[(r["dataset"], r["variant"], r["seed"])] = r  # the last record of a seed wins
     done = {}
     if args.results.exists():

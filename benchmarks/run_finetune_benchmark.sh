@@ -21,11 +21,14 @@ phase --datasets medium-v0 --seeds 0 1 2 3 --variants hybrid-log_std_decay_2 \
   hybrid-positive_bc_coeff_0.05
 # the mean-action anchor (against the early dips), on both methods
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-anchor
-phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants bc_ppo-anchor
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 --variants bc_ppo-anchor
 phase --datasets expert-v0 --seeds 0 1 2 3 --variants hybrid-anchor
-phase --datasets medium-v0 --seeds 0 1 2 3 --variants hybrid-anchor_offline_critic_only \
+# offline samples out of the policy gradient (offline_advantages none), with and without anchor
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-anchor_offline_critic_only \
   hybrid-offline_critic_only
-phase --datasets medium-v0 --seeds 4 5 6 7 8 9 --variants hybrid-anchor_offline_critic_only
+phase --datasets medium-v0 --seeds 10 11 12 13 14 --variants hybrid-anchor_offline_critic_only
+phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-anchor_offline_critic_only
+phase --datasets expert-v0 --seeds 0 1 --variants hybrid-offline_critic_only
 # 4. ablations of the signed method (measured while it was the default)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
   bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1
@@ -43,3 +46,8 @@ python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 0 \
   --variants hybrid bc_ppo hybrid-positive_offline --timesteps 500000 &
 wait
 python benchmarks/analyze_finetune.py
+# 6. the measurements around the goals: how noisy one 10-episode evaluation of a BC policy is
+# (the early-dip rule's noise floor), and what the confirmation step changes in these runs
+python benchmarks/eval_noise.py --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14
+for w in 0 1; do python benchmarks/confirmation.py --variants hybrid bc_ppo --worker "$w/2" & done
+wait
