@@ -10,6 +10,8 @@ fine-tuning. For each benchmark seed it scores the seed's own BC policy on `--bl
 policy's quality unchanged but re-drew its falls, each of the 4 evaluations after the critic-
 only phase (20k-50k steps) would miss the rule with probability f, so the seed misses with
 probability 1 - (1 - f)^4. Summed over seeds: the misses to expect from evaluation noise alone.
+Then, per fine-tuned variant, the seeds that missed the rule and those whose dip went below
+every block of their unchanged BC policy.
 
 It reads the BC checkpoints the fine-tuning benchmark recorded (finetune.jsonl's
 `bc.best_checkpoint`, under --runs_dir) and first re-scores each on its step-0 seeds, which must
@@ -39,6 +41,7 @@ RUNS = ROOT / "benchmarks" / "runs" / "finetune"  # finetune.py's default --runs
 NOISE_SEED_OFFSET = 30_000  # blocks of seed s start at 30,000 + 1,000 s: no benchmark uses them
 BLOCK = 10  # episodes per periodic evaluation (the hparam entry's eval_episodes)
 MOVED_EVALS = 4  # evaluations at 20k-50k steps; the 10k one falls in the critic-only phase
+EARLY_STEPS = 50_000
 ENV_ID = "Walker2d-v4"
 
 
@@ -104,6 +107,35 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def beyond_noise(rows: list[dict], finetune: Path, dataset: str) -> str:
+    """Per fine-tuned variant: the seeds that miss the early-dip rule, each with how far its
+    worst early evaluation lies below its unchanged BC policy's other blocks, in block sds
+    (z; beyond -3 the BC policy's own spread does not explain the drop). Only runs that
+    started from the same BC policy (the same step-0 score) are counted."""
+    noise = {r["seed"]: r for r in rows}
+    by_variant: dict[str, dict[int, float]] = {}
+    for line in finetune.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("env", "walker2d") != "walker2d" or r["dataset"] != dataset:
+            continue
+        curve = [e for e in r["curve"] if not e.get("note")]
+        n = noise.get(r["seed"])
+        if n is None or abs(curve[0]["normalized_score"] - n["step0_score"]) > 1e-6:
+            continue
+        early = min(e["normalized_score"] for e in curve if 0 < e["timesteps"] <= EARLY_STEPS)
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = early
+    lines = ["| variant | seeds | miss the rule: seed (z) | misses with z < -3 |", "|---|---|---|---|"]
+    for variant, early in sorted(by_variant.items()):
+        z = {}
+        for seed, worst in sorted(early.items()):
+            if worst < 0.9 * noise[seed]["step0_score"]:
+                blocks = np.array(noise[seed]["block_scores"])
+                z[seed] = (worst - blocks.mean()) / blocks.std(ddof=1)
+        listed = ", ".join(f"{s} ({v:.1f})" for s, v in z.items()) or "none"
+        lines.append(f"| {variant} | {len(early)} | {listed} | {sum(v < -3 for v in z.values())} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="medium-v0")
@@ -136,7 +168,7 @@ def main() -> None:
         print(f"seed {seed}: step-0 {row['step0_score']:.1f}, share of blocks < 90% "
               f"{row['share_below_90pct']:.2f}", flush=True)
     rows = [done[s] for s in args.seeds]
-    table = summary(rows)
+    table = summary(rows) + "\n\n" + beyond_noise(rows, args.finetune_results, args.dataset)
     (args.results.with_suffix(".md")).write_text(table + "\n")
     print(table)
 
