@@ -10,8 +10,8 @@ fine-tuning. For each benchmark seed it scores the seed's own BC policy on `--bl
 policy's quality unchanged but re-drew its falls, each of the 4 evaluations after the critic-
 only phase (20k-50k steps) would miss the rule with probability f, so the seed misses with
 probability 1 - (1 - f)^4. Summed over seeds: the misses to expect from evaluation noise alone.
-Then, per fine-tuned variant, the seeds that missed the rule and those whose dip went below
-every block of their unchanged BC policy.
+Then, per fine-tuned variant, the seeds that missed the rule, each with how many block sds of
+its unchanged BC policy its worst early evaluation lies below that policy's block mean (z).
 
 It reads the BC checkpoints the fine-tuning benchmark recorded (finetune.jsonl's
 `bc.best_checkpoint`, under --runs_dir) and first re-scores each on its step-0 seeds, which must
@@ -141,7 +141,7 @@ def main() -> None:
     p.add_argument("--dataset", default="medium-v0")
     p.add_argument("--variant", default="hybrid", help="whose recorded BC checkpoints to use")
     p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--blocks", type=int, default=20, help="10-episode blocks per seed")
+    p.add_argument("--blocks", type=int, default=16, help="10-episode blocks per seed")
     p.add_argument("--runs_dir", type=Path, default=RUNS, help="finetune.py's --runs_dir")
     p.add_argument("--finetune_results", type=Path, default=RESULTS / "finetune.jsonl")
     p.add_argument("--results", type=Path, default=RESULTS / "eval_noise.jsonl")
