@@ -2,11 +2,10 @@
 before it existed, measured on those runs' own models.
 
 For each finished walker2d run in finetune.jsonl whose handed-over model was not BC, it finds
-that model file, checks it is the right one (re-scored on the run's periodic-evaluation seeds
-it must reproduce the recorded best evaluation exactly; the BC checkpoint likewise its step-0
-one), then scores it and the run's BC policy
-on the confirmation episodes the pipeline now uses (`confirm_best`: 20 new selection episodes,
-the same for both). If the best scores below BC there, the run would have handed over BC, whose
+that model file and checks it is the right one (re-scored on the run's periodic-evaluation
+seeds it must reproduce the recorded best evaluation exactly; the BC checkpoint likewise its
+step-0 one), then scores it and the run's BC policy on the confirmation episodes the pipeline
+now uses (`confirm_best`: 20 new selection episodes, the same for both). If the best scores below BC there, the run would have handed over BC, whose
 test score the run already recorded. One JSON line per run is appended as it finishes; a rerun
 skips runs already there. `--worker i/n` takes every n-th run from the i-th.
 
