@@ -10,8 +10,8 @@ phase() {
 }
 # 1. headline on medium data: HybridPPO against PPO-from-BC, 15 seeds
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 --variants hybrid bc_ppo
-# 2. expert data, 5 seeds
-phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid
+# 2. expert data, 10 seeds (5-9 added later, to check the goals on more seeds)
+phase --datasets expert-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid
 # 3. positive advantages against the previous default (signed); offline improvement on top
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-signed_offline
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-signed_offline
