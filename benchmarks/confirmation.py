@@ -44,9 +44,11 @@ def under(runs_dir: Path, recorded: str) -> Path:
     raise ValueError(recorded)
 
 
-def find(record: dict, recorded: str, evaluation: dict, runs_dirs: list[Path]) -> Path | None:
-    """The file the run used: the first candidate that reproduces `evaluation` on the run's
-    periodic-evaluation seeds (same policy, same episodes); names repeat across run dirs."""
+def find(record: dict, recorded: str, evaluation: dict,
+         runs_dirs: list[Path]) -> tuple[Path, dict] | None:
+    """The file the run used, with its re-evaluation: the first candidate that reproduces
+    `evaluation` on the run's periodic-evaluation seeds (same policy, same episodes); names
+    repeat across run dirs."""
     from stable_baselines3 import PPO
 
     for runs_dir in runs_dirs:
@@ -56,7 +58,7 @@ def find(record: dict, recorded: str, evaluation: dict, runs_dirs: list[Path]) -
         again = evaluate(PPO.load(path, device="cpu"), ENV_ID, {}, evaluation["episodes"],
                          SELECTION_SEED_OFFSET + record["seed"], record["dataset_info"]["ref_scores"])
         if abs(again["mean_reward"] - evaluation["mean_reward"]) <= 1e-3 * abs(evaluation["mean_reward"]):
-            return path
+            return path, again
     return None
 
 
@@ -69,7 +71,7 @@ def measure(record: dict, runs_dirs: list[Path]) -> dict:
         return {**key, "found": False}
     cfg = SimpleNamespace(env_id=ENV_ID, env_kwargs={}, eval_episodes=record["best_eval"]["episodes"],
                           confirm_episodes=CONFIRM_EPISODES)
-    c = confirm_best(model, bc_file, cfg, record["seed"], "cpu", record["dataset_info"]["ref_scores"])
+    c = confirm_best(model[0], bc_file[0], cfg, record["seed"], "cpu", record["dataset_info"]["ref_scores"])
     test = record["result"]["test_eval"]["normalized_score"]
     bc_test = record["bc"]["test_eval"]["normalized_score"]
     return {**key, "found": True, "source": record["result"]["source"],

@@ -15,7 +15,7 @@ its unchanged BC policy its worst early evaluation lies below that policy's bloc
 
 It reads the BC checkpoints the fine-tuning benchmark recorded (finetune.jsonl's
 `bc.best_checkpoint`, under --runs_dir) and first re-scores each on its step-0 seeds, which must
-reproduce the recorded step-0 score (same policy, same episodes). One JSON line per seed is
+reproduce the recorded step-0 score (same policy, same episodes; confirmation.find). One JSON line per seed is
 appended to the results file as it finishes; a rerun skips seeds already there.
 
   python benchmarks/eval_noise.py --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14
@@ -34,7 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "training_files"))
 
-from evaluation import SELECTION_SEED_OFFSET, evaluate  # noqa: E402
+from confirmation import find  # noqa: E402  (beside this script)
+from evaluation import evaluate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "finetune"  # finetune.py's default --runs_dir
@@ -56,23 +57,17 @@ def recorded_runs(finetune: Path, dataset: str, variant: str) -> dict[int, dict]
     return runs
 
 
-def bc_policy(record: dict, runs_dir: Path):
+def measure(seed: int, record: dict, runs_dir: Path, blocks: int) -> dict:
     from stable_baselines3 import PPO
 
-    recorded = Path(record["bc"]["best_checkpoint"])
-    parts = recorded.parts
-    path = runs_dir.joinpath(*parts[parts.index("bc"):])  # bc/seed<N>/mujoco/walker2d/...
-    return PPO.load(path, device="cpu")
-
-
-def measure(seed: int, record: dict, runs_dir: Path, blocks: int) -> dict:
-    policy = bc_policy(record, runs_dir)
     ref = record["dataset_info"]["ref_scores"]
     step0 = record["curve"][0]
-    again = evaluate(policy, ENV_ID, {}, BLOCK, SELECTION_SEED_OFFSET + seed, ref)
-    if abs(again["mean_reward"] - step0["mean_reward"]) > 1e-3 * abs(step0["mean_reward"]):
-        raise SystemExit(f"seed {seed}: step-0 score not reproduced ({again['mean_reward']:.1f} "
-                         f"vs recorded {step0['mean_reward']:.1f}): wrong checkpoint?")
+    found = find(record, record["bc"]["best_checkpoint"], step0, [runs_dir])
+    if found is None:
+        raise SystemExit(f"seed {seed}: no BC checkpoint under {runs_dir} reproduces the recorded "
+                         f"step-0 return {step0['mean_reward']:.1f}: wrong --runs_dir?")
+    path, again = found
+    policy = PPO.load(path, device="cpu")
     # One evaluation per block, exactly as a periodic one (evaluation.evaluate).
     start = NOISE_SEED_OFFSET + 1_000 * seed
     evals = [evaluate(policy, ENV_ID, {}, BLOCK, start + BLOCK * k, ref) for k in range(blocks)]

@@ -195,9 +195,9 @@ def write_hparam_file(path: Path, bc: dict | None = None, hybrid: dict | None = 
     data = yaml.safe_load((REPO_ROOT / "hparam.yml").read_text())
     bc_entry = {**data[bc_key], "eval_episodes": 1, **(bc or {})}
     hybrid_entry = {**data[hybrid_key], "n_envs": 1, "n_steps": 128, "batch_size": 64, "n_epochs": 2,
-                    "total_timesteps": 256, "eval_freq": 128, "eval_episodes": 1, "confirm_episodes": 2,
-                    "test_episodes": 2,
-                    "segment_length": 16, **(hybrid or {})}
+                    "total_timesteps": 256, "eval_freq": 128, "eval_episodes": 1,
+                    "confirm_episodes": 2, "test_episodes": 2, "segment_length": 16,
+                    **(hybrid or {})}
     small = {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "activation": "tanh"}
     bc_entry["policy"] = hybrid_entry["policy"] = small
     path.write_text(yaml.safe_dump({bc_key: bc_entry, hybrid_key: hybrid_entry}))
