@@ -27,6 +27,7 @@ from offline_data import normalized_score
 # ones a best model is selected on) and the test evaluation each have their own block.
 SELECTION_SEED_OFFSET = 10_000
 TEST_SEED_OFFSET = 20_000
+ANCHOR_SEED_OFFSET = 30_000  # the start policy's episodes whose states hold the anchor
 
 
 def float32_observations(env: gym.Env) -> gym.Env:
@@ -44,11 +45,13 @@ class EvalEnv:
                                          vec_env_cls=DummyVecEnv,
                                          wrapper_class=float32_observations if float32_obs else None)
 
-    def evaluate(self, model, ref_scores) -> dict:
-        """Mean/std return of one deterministic episode per env; normalised score if defined."""
+    def evaluate(self, model, ref_scores, callback=None) -> dict:
+        """Mean/std return of one deterministic episode per env; normalised score if defined.
+        `callback`: evaluate_policy's, called at every step of an unfinished episode."""
         self.venv.seed(self.seed)  # consumed by the reset inside evaluate_policy
         returns, lengths = evaluate_policy(model, self.venv, n_eval_episodes=self.episodes,
-                                           deterministic=True, return_episode_rewards=True)
+                                           deterministic=True, return_episode_rewards=True,
+                                           callback=callback)
         mean = float(np.mean(returns))
         return {"mean_reward": mean, "std_reward": float(np.std(returns)),
                 "mean_ep_length": float(np.mean(lengths)), "episodes": self.episodes,
@@ -67,6 +70,23 @@ def evaluate(model, env_id: str, env_kwargs: dict, episodes: int, seed: int, ref
         return env.evaluate(model, ref_scores)
     finally:
         env.close()
+
+
+def visited_states(model, env_id: str, env_kwargs: dict, episodes: int, seed: int,
+                   float32_obs: bool = False) -> tuple[np.ndarray, dict]:
+    """The observations the model acts on in `episodes` deterministic episodes (seeds seed + i),
+    and the evaluation of those episodes."""
+    states = []
+
+    def keep(local_vars, _globals):  # evaluate_policy's locals: env i acts on observations[i]
+        states.append(local_vars["observations"][local_vars["i"]].copy())
+
+    env = EvalEnv(env_id, env_kwargs, episodes, seed, float32_obs)
+    try:
+        result = env.evaluate(model, None, callback=keep)
+    finally:
+        env.close()
+    return np.asarray(states, dtype=np.float32), result
 
 
 class PeriodicEval(BaseCallback):

@@ -81,7 +81,8 @@ class HybridPPO(PPO):
         the deterministic policy is what is evaluated and handed over.
     :param anchor_coeff: weight of a penalty keeping the mean action near the policy training
         started from (its KL at the start's noise, `policy_anchor.py`), multiplied by
-        anchor_decay ** (updates so far); 0: off.
+        anchor_decay ** (updates so far); 0: off. It holds on the update's states, or on
+        fixed states given by `set_anchor_states` (the start policy's own episodes).
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -113,6 +114,7 @@ class HybridPPO(PPO):
         self.log_std_decay, self.log_std_decayed = log_std_decay, 0.0
         self.anchor_coeff, self.anchor_decay = anchor_coeff, anchor_decay
         self._anchor: MeanActionAnchor | None = None  # made when learning starts
+        self.anchor_states: np.ndarray | None = None  # None: the anchor holds on update states
         self.warmed_up = False
         self.warmup_stats: dict = {}
         self.policy_updates = 0  # train() calls, for bc_decay and the critic-only phase
@@ -125,7 +127,8 @@ class HybridPPO(PPO):
     def _excluded_save_params(self) -> list[str]:
         # The dataset and the behaviour policy are inputs, not model state: keep zips small.
         # The pre-improvement copy (for the gate's revert) is a second policy: not saved either.
-        return super()._excluded_save_params() + ["offline", "_before_improvement", "_anchor"]
+        return super()._excluded_save_params() + ["offline", "_before_improvement", "_anchor",
+                                                   "anchor_states"]
 
     @property
     def offline_data(self) -> OfflineData | None:
@@ -162,6 +165,10 @@ class HybridPPO(PPO):
             self.policy.log_std.clamp_(min=self.log_std_min)
         return below
 
+    def set_anchor_states(self, observations: np.ndarray) -> None:
+        """Hold the mean-action anchor on these states instead of each update's (before learn)."""
+        self.anchor_states = np.asarray(observations, dtype=np.float32)
+
     def set_offline_data(self, data: OfflineData, behaviour_policy=None) -> None:
         """Move the dataset to the device once and fix mu for every transition."""
         self.offline = OfflineBuffer(data, self.device, behaviour_policy or self.policy,
@@ -170,7 +177,9 @@ class HybridPPO(PPO):
     def _setup_learn(self, *args, **kwargs):
         out = super()._setup_learn(*args, **kwargs)
         if self.anchor_coeff > 0 and self._anchor is None:  # the policy as fine-tuning starts
-            self._anchor = MeanActionAnchor(self.policy)
+            states = (None if self.anchor_states is None else
+                      torch.as_tensor(self.anchor_states, dtype=torch.float32, device=self.device))
+            self._anchor = MeanActionAnchor(self.policy, states)
         if self.offline is not None and self.warm_start_steps > 0 and not self.warmed_up:
             self.warm_up_value_function(self.warm_start_steps)
         return out
@@ -292,7 +301,8 @@ class HybridPPO(PPO):
         bc_coeff = self.bc_coeff * self.bc_decay ** self.policy_updates
         anchor_coeff = (0.0 if self._anchor is None or critic_only
                         else self.anchor_coeff * self.anchor_decay ** self.policy_updates)
-        start_means = self._anchor.start_means(batch.observations) if anchor_coeff > 0 else None
+        start_means = (self._anchor.start_means(batch.observations)
+                       if anchor_coeff > 0 and self._anchor.states is None else None)
 
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -354,11 +364,14 @@ class HybridPPO(PPO):
                         bc_loss = -(weights[offline_mb] * log_prob[offline_mb]).mean()
                         bc_losses.append(bc_loss.item())
                         loss = loss + bc_coeff * bc_loss
-                    if start_means is not None:
-                        # evaluate_actions left this minibatch's distribution in action_dist
-                        # (SB3's proba_distribution returns and keeps `self`).
-                        means = self.policy.action_dist.distribution.mean
-                        anchor_loss = self._anchor.penalty(means, start_means[mb])
+                    if anchor_coeff > 0:
+                        if start_means is None:  # on the fixed states, a batch_size draw
+                            anchor_loss = self._anchor.penalty_on_states(self.policy, self.batch_size)
+                        else:
+                            # evaluate_actions left this minibatch's distribution in action_dist
+                            # (SB3's proba_distribution returns and keeps `self`).
+                            means = self.policy.action_dist.distribution.mean
+                            anchor_loss = self._anchor.penalty(means, start_means[mb])
                         anchor_losses.append(anchor_loss.item())
                         loss = loss + anchor_coeff * anchor_loss
 

@@ -27,8 +27,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from atomic_file import replace_atomically
 from bc import build_model
 from errors import PipelineError
-from evaluation import (SELECTION_SEED_OFFSET, TEST_SEED_OFFSET, EvalEnv, PeriodicEval, evaluate,
-                        float32_observations)
+from evaluation import (ANCHOR_SEED_OFFSET, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET, EvalEnv,
+                        PeriodicEval, evaluate, float32_observations, visited_states)
 from hybrid_ppo import HybridPPO
 from offline_data import OfflineData
 from preflight import best_model_file, model_file
@@ -128,6 +128,10 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                             "hparam entry (net_arch changed since it was trained?); rerun with "
                             "--force_bc_retrain") from exc
     model.set_offline_data(data)  # mu = a frozen copy of the BC policy, before the subtraction
+    if cfg.anchor_coeff > 0 and cfg.anchor_episodes > 0:  # where the start policy itself goes
+        states, _ = visited_states(model, cfg.env_id, cfg.env_kwargs, cfg.anchor_episodes,
+                                   settings.seed + ANCHOR_SEED_OFFSET, settings.device == "mps")
+        model.set_anchor_states(states)
     model.subtract_log_std(settings.log_std_subtract)
     return model
 

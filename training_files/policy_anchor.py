@@ -18,20 +18,31 @@ shallower but not fewer. Off on every entry.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from offline_batch import chunked, frozen_copy
 
 
 class MeanActionAnchor:
-    """A frozen copy of the starting policy and the penalty that keeps the mean action near it."""
+    """A frozen copy of the starting policy and the penalty that keeps the mean action near it.
 
-    def __init__(self, policy):
+    `states`: where the penalty holds. None: on the update's own states (online rollouts and
+    offline samples). Otherwise on a fixed set, the states the start policy visits in its own
+    deterministic episodes (hybrid_training.start_policy_states), a random `batch` of them per
+    gradient step. Why: on walker2d medium-v0 BC's noisy rollouts fall after ~230 steps while
+    its deterministic episodes walk for ~800, so the update's states hold nothing of what the
+    evaluated policy does after its first steps, and that is where the early dips come from.
+    """
+
+    def __init__(self, policy, states: torch.Tensor | None = None):
         if not hasattr(policy, "log_std"):
             raise ValueError("anchor_coeff needs a Gaussian policy with a state-independent "
                              "log_std (SB3's DiagGaussian, as on every MuJoCo entry)")
         self.start = frozen_copy(policy, None)
         self.start_std = torch.exp(self.start.log_std).detach()
+        self.states = states
+        self.states_start_means = None if states is None else self.start_means(states)
 
     @torch.no_grad()
     def start_means(self, observations: torch.Tensor) -> torch.Tensor:
@@ -41,3 +52,11 @@ class MeanActionAnchor:
     def penalty(self, means: torch.Tensor, start_means: torch.Tensor) -> torch.Tensor:
         """Mean over rows of the KL above (nats); differentiable in `means`."""
         return 0.5 * (((means - start_means) / self.start_std) ** 2).sum(dim=-1).mean()
+
+    def penalty_on_states(self, policy, batch: int) -> torch.Tensor:
+        """The penalty on `batch` of the fixed states, drawn with NumPy's global RNG (seeded
+        by SB3 like the minibatch order, so a run stays deterministic for its seed)."""
+        rows = torch.as_tensor(np.random.randint(len(self.states), size=batch),
+                               device=self.states.device)
+        means = policy.get_distribution(self.states[rows]).distribution.mean
+        return self.penalty(means, self.states_start_means[rows])

@@ -7,7 +7,8 @@
   documented; positive-only offline advantages never push the actor away from the data;
   offline samples with offline_advantages "none" train the critic only; offline policy updates
   move the actor before the first env step; the mean-action anchor keeps the actor near its
-  start with a decaying weight; and a reverted
+  start with a decaying weight, on the update's states or on fixed ones (the states the
+  start policy visits, which evaluate_policy's callback collects); and a reverted
   improvement continues as the run without it; the best-model keeper never hands over a
   model measured worse than the start, and a best model that loses to BC on the
   confirmation episodes is not handed over.
@@ -26,7 +27,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from evaluation import EvalEnv, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET
+from evaluation import EvalEnv, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET, visited_states
 from hybrid_training import BestModelKeeper, HybridResult, confirm_best
 from offline_batch import normalise_per_source
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
@@ -67,6 +68,28 @@ class VectorisedEvaluationTest(IsolatedTestCase):
         self.assertAlmostEqual(vectorised["std_reward"], float(np.std(one_at_a_time)), places=6)
         self.assertGreater(np.std(one_at_a_time), 0)  # different seeds really differ
         self.assertEqual(vectorised["episodes"], episodes)
+
+    def test_visited_states_are_the_states_the_policy_acts_on(self):
+        import gymnasium as gym
+
+        model = tiny_ppo()
+        episodes, seed = 3, 321
+        states, result = visited_states(model, ENV_ID, {}, episodes, seed)
+        expected = []
+        for i in range(episodes):
+            single = gym.make(ENV_ID)
+            obs, _ = single.reset(seed=seed + i)
+            done = False
+            while not done:
+                expected.append(obs)
+                action, _ = model.predict(obs, deterministic=True)
+                obs, _, term, trunc, _ = single.step(action)
+                done = term or trunc
+            single.close()
+        expected = np.asarray(expected, dtype=np.float32)
+        by_rows = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731  (episodes interleave)
+        np.testing.assert_allclose(by_rows(states), by_rows(expected), rtol=1e-5, atol=1e-5)
+        self.assertEqual(len(states), round(result["mean_ep_length"] * episodes))
 
     def test_repeated_evaluations_use_the_same_seeds(self):
         model = tiny_ppo()
@@ -149,6 +172,33 @@ class FineTuningMechanismsTest(IsolatedTestCase):
                 coeffs = [float(r["train/anchor_coeff"]) for r in rows if r.get("train/anchor_coeff")]
                 self.assertEqual(coeffs, [100.0, 50.0, 25.0])
                 self.assertNotIn("_anchor", model.get_parameters())
+        self.assertGreater(drift[0.0], 0.0)
+        self.assertLess(drift[100.0], 0.5 * drift[0.0])
+
+    def test_anchor_on_fixed_states_holds_those_states(self):
+        """With set_anchor_states the penalty is drawn from those states, not the update's."""
+        held = stochastic_data().observations[::7][:64]
+        start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
+        obs = torch.as_tensor(held)
+        with torch.no_grad():
+            start_mean = start.policy.get_distribution(obs).distribution.mean
+        drift = {}
+        for coeff in (0.0, 100.0):
+            model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                                offline_data=stochastic_data(), segment_length=16,
+                                policy_kwargs=tiny_policy_kwargs(), anchor_coeff=coeff,
+                                learning_rate=3e-3)
+            model.set_anchor_states(held)
+            model.set_logger(configure(str(self.work / f"fixed{coeff}"), ["csv"]))
+            model.learn(256)
+            with torch.no_grad():
+                mean = model.policy.get_distribution(obs).distribution.mean
+            drift[coeff] = float((mean - start_mean).pow(2).sum(-1).mean())
+        self.assertEqual(len(model._anchor.states), len(held))
+        torch.testing.assert_close(model._anchor.states_start_means, start_mean)
+        self.assertNotIn("anchor_states", model.get_parameters())
+        rows = read_progress(self.work / "fixed100.0" / "progress.csv")
+        self.assertTrue(any(r.get("train/anchor_kl") for r in rows))
         self.assertGreater(drift[0.0], 0.0)
         self.assertLess(drift[100.0], 0.5 * drift[0.0])
 
