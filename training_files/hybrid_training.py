@@ -129,9 +129,13 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                             "--force_bc_retrain") from exc
     model.set_offline_data(data)  # mu = a frozen copy of the BC policy, before the subtraction
     if cfg.anchor_coeff > 0 and cfg.anchor_episodes > 0:  # where the start policy itself goes
-        states, _ = visited_states(model, cfg.env_id, cfg.env_kwargs, cfg.anchor_episodes,
-                                   settings.seed + ANCHOR_SEED_OFFSET, settings.device == "mps")
+        states, episodes = visited_states(model, cfg.env_id, cfg.env_kwargs, cfg.anchor_episodes,
+                                          settings.seed + ANCHOR_SEED_OFFSET,
+                                          settings.device == "mps")
         model.set_anchor_states(states)
+        print(f"Anchor: the mean action is held on the {len(states)} states of "
+              f"{cfg.anchor_episodes} deterministic BC episodes (mean return "
+              f"{episodes['mean_reward']:.1f})")
     model.subtract_log_std(settings.log_std_subtract)
     return model
 

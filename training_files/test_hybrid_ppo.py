@@ -644,6 +644,29 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
         expected = (bc_state["log_std"] - subtract - cfg.log_std_decay).clamp(min=cfg.log_std_min)
         torch.testing.assert_close(saved.policy.log_std.detach(), expected, rtol=0, atol=1e-2)
 
+    def test_anchor_states_are_the_bc_policys_own_episodes(self):
+        from evaluation import ANCHOR_SEED_OFFSET, visited_states
+        from hybrid_training import HybridSettings, build_hybrid
+
+        data = stochastic_data()
+        changes = {"anchor_coeff": 1.0, "anchor_episodes": 2}
+        bc_cfg, cfg = load_hparams("Walker2d-v4-bc-large", "Walker2d-v4-hybrid",
+                                   write_hparam_file(self.tmp / "hparam.yml", hybrid=changes))
+        ckpt = self._bc_checkpoint(data, bc_cfg)
+        settings = HybridSettings(
+            mix_ratio=0.5, rho_bar=1.0, c_bar=0.95, bc_coeff=0.0, warm_start_steps=0,
+            log_std_subtract=0.5, seed=3, device="cpu", total_timesteps=128,
+            save_file=self.work / "m", tb_dir=self.work / "tb")
+        model = build_hybrid(data, ckpt, cfg, settings)
+        model.env.close()
+        expected, _ = visited_states(PPO.load(ckpt, device="cpu"), cfg.env_id, cfg.env_kwargs,
+                                     2, 3 + ANCHOR_SEED_OFFSET)
+        np.testing.assert_array_equal(model.anchor_states, expected)
+        cfg = cfg.model_copy(update={"anchor_episodes": 0})  # off: the update's states
+        off = build_hybrid(data, ckpt, cfg, settings)
+        off.env.close()
+        self.assertIsNone(off.anchor_states)
+
     def test_offline_improvement_is_evaluated_and_kept_only_if_not_worse(self):
         from hybrid_training import HybridSettings, train_hybrid
 
