@@ -122,9 +122,10 @@ class HybridConfig(EnvConfig):
     anchor_decay: float = Field(1.0, gt=0, le=1)
     """The anchor's weight is anchor_coeff * anchor_decay ** update (DAPG's lambda1)."""
     anchor_episodes: int = Field(0, ge=0)
-    """0: the anchor holds on each update's states. N > 0: on the states of N deterministic
-    episodes of the start policy, run before training (seeds seed + 30000 + i): where the
-    evaluated policy goes, which noisy rollouts that fall early never reach."""
+    """Where the anchor (anchor_coeff > 0) holds. 0: on each update's states. N > 0: on the
+    states of N deterministic episodes of the start policy, run before training (seeds
+    seed + 30000 + i): where the evaluated policy goes, which noisy rollouts that fall early
+    never reach."""
     ood: OODConfig = Field(default_factory=OODConfig)
     eval_freq: int = Field(10_000, gt=0)
     eval_episodes: int = Field(10, ge=1)
