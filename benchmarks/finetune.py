@@ -28,7 +28,9 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-start_anchor     anchor_coeff 10, anchor_decay 0.95, anchor_episodes 10: the anchor
                           holds on the states of BC's own 10 deterministic episodes, where the
                           evaluated policy goes, not on the update's (noisy rollouts fall early)
-  hybrid-start_anchor_1   the same with anchor_coeff 1.0 (hybrid-anchor's weight)
+  hybrid-start_anchor_completed  the same, on the states of those of the 10 episodes that ran
+                          to the time limit (anchor_keep completed): a weak BC policy is held
+                          only where it walks, not where it falls
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
                           walker2d, a variant on ant and humanoid, whose entries keep signed ones
 Signed ablations:
@@ -85,7 +87,7 @@ NO_DECAY = {"log_std_decay": 0.0}
 # it, so a rerun reproduces them; they are variants of `hybrid-signed_offline`.
 SIGNED = {"offline_advantages": "signed"}
 ANCHOR = {"anchor_coeff": 1.0, "anchor_decay": 0.95}
-START_ANCHOR = {**ANCHOR, "anchor_episodes": 10}
+START_ANCHOR = {**ANCHOR, "anchor_coeff": 10.0, "anchor_episodes": 10}
 VARIANTS: dict[str, dict] = {
     "bc_ppo": {"flags": ["--mix_ratio", "0"]},
     "hybrid": {},
@@ -97,8 +99,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-anchor": {"hparams": ANCHOR},
     "bc_ppo-anchor": {"flags": ["--mix_ratio", "0"], "hparams": ANCHOR},
     "hybrid-anchor_offline_critic_only": {"hparams": {**ANCHOR, "offline_advantages": "none"}},
-    "hybrid-start_anchor": {"hparams": {**START_ANCHOR, "anchor_coeff": 10.0}},
-    "hybrid-start_anchor_1": {"hparams": START_ANCHOR},
+    "hybrid-start_anchor": {"hparams": START_ANCHOR},
+    "hybrid-start_anchor_completed": {"hparams": {**START_ANCHOR, "anchor_keep": "completed"}},
     "hybrid-offline_critic_only": {"hparams": {"offline_advantages": "none"}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},

@@ -73,20 +73,28 @@ def evaluate(model, env_id: str, env_kwargs: dict, episodes: int, seed: int, ref
 
 
 def visited_states(model, env_id: str, env_kwargs: dict, episodes: int, seed: int,
-                   float32_obs: bool = False) -> tuple[np.ndarray, dict]:
+                   float32_obs: bool = False, completed_only: bool = False) -> tuple[np.ndarray, dict]:
     """The observations the model acts on in `episodes` deterministic episodes (seeds seed + i),
-    and the evaluation of those episodes."""
-    states = []
+    and the evaluation of those episodes (plus `kept_episodes`). completed_only: only the
+    episodes that ran to the time limit (truncated, not terminated: no fall)."""
+    per_episode = [[] for _ in range(episodes)]  # one episode per env of the EvalEnv
+    completed = [False] * episodes
 
     def keep(local_vars, _globals):  # evaluate_policy's locals: env i acts on observations[i]
-        states.append(local_vars["observations"][local_vars["i"]].copy())
+        i = local_vars["i"]
+        per_episode[i].append(local_vars["observations"][i].copy())
+        if local_vars["done"]:
+            completed[i] = bool(local_vars["info"].get("TimeLimit.truncated", False))
 
     env = EvalEnv(env_id, env_kwargs, episodes, seed, float32_obs)
     try:
         result = env.evaluate(model, None, callback=keep)
     finally:
         env.close()
-    return np.asarray(states, dtype=np.float32), result
+    kept = [i for i in range(episodes) if completed[i] or not completed_only]
+    states = [s for i in kept for s in per_episode[i]]
+    shape = (len(states),) + env.venv.observation_space.shape
+    return np.asarray(states, dtype=np.float32).reshape(shape), {**result, "kept_episodes": len(kept)}
 
 
 class PeriodicEval(BaseCallback):

@@ -126,6 +126,10 @@ class HybridConfig(EnvConfig):
     states of N deterministic episodes of the start policy, run before training (seeds
     seed + 30000 + i): where the evaluated policy goes, which noisy rollouts that fall early
     never reach."""
+    anchor_keep: Literal["all", "completed"] = "all"
+    """With anchor_episodes > 0, which episodes' states: all, or only those that ran to the time
+    limit (no fall), so that a weak start policy is held only where it succeeds (no episode
+    completed: no anchor)."""
     ood: OODConfig = Field(default_factory=OODConfig)
     eval_freq: int = Field(10_000, gt=0)
     eval_episodes: int = Field(10, ge=1)

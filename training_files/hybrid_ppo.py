@@ -166,7 +166,8 @@ class HybridPPO(PPO):
         return below
 
     def set_anchor_states(self, observations: np.ndarray) -> None:
-        """Hold the mean-action anchor on these states instead of each update's (before learn)."""
+        """Hold the mean-action anchor on these states instead of each update's (before learn);
+        none at all: no anchor."""
         self.anchor_states = np.asarray(observations, dtype=np.float32)
 
     def set_offline_data(self, data: OfflineData, behaviour_policy=None) -> None:
@@ -176,7 +177,9 @@ class HybridPPO(PPO):
 
     def _setup_learn(self, *args, **kwargs):
         out = super()._setup_learn(*args, **kwargs)
-        if self.anchor_coeff > 0 and self._anchor is None:  # the policy as fine-tuning starts
+        no_states = self.anchor_states is not None and len(self.anchor_states) == 0
+        if self.anchor_coeff > 0 and self._anchor is None and not no_states:
+            # the policy as fine-tuning starts (an empty set of fixed states: no anchor)
             states = (None if self.anchor_states is None else
                       torch.as_tensor(self.anchor_states, dtype=torch.float32, device=self.device))
             self._anchor = MeanActionAnchor(self.policy, states)

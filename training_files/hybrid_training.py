@@ -131,11 +131,13 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     if cfg.anchor_coeff > 0 and cfg.anchor_episodes > 0:  # where the start policy itself goes
         states, episodes = visited_states(model, cfg.env_id, cfg.env_kwargs, cfg.anchor_episodes,
                                           settings.seed + ANCHOR_SEED_OFFSET,
-                                          settings.device == "mps")
+                                          settings.device == "mps",
+                                          completed_only=cfg.anchor_keep == "completed")
         model.set_anchor_states(states)
         print(f"Anchor: the mean action is held on the {len(states)} states of "
-              f"{cfg.anchor_episodes} deterministic BC episodes (mean return "
-              f"{episodes['mean_reward']:.1f})")
+              f"{episodes['kept_episodes']} of {cfg.anchor_episodes} deterministic BC episodes "
+              f"(anchor_keep {cfg.anchor_keep}; mean return of all {episodes['mean_reward']:.1f})"
+              + ("; none kept, so no anchor" if len(states) == 0 else ""))
     model.subtract_log_std(settings.log_std_subtract)
     return model
 

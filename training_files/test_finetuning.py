@@ -90,6 +90,31 @@ class VectorisedEvaluationTest(IsolatedTestCase):
         by_rows = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731  (episodes interleave)
         np.testing.assert_allclose(by_rows(states), by_rows(expected), rtol=1e-5, atol=1e-5)
         self.assertEqual(len(states), round(result["mean_ep_length"] * episodes))
+        self.assertEqual(result["kept_episodes"], episodes)
+
+    def test_completed_only_keeps_the_episodes_that_reach_the_time_limit(self):
+        import gymnasium as gym
+
+        model = tiny_ppo()
+        episodes, seed, limit = 4, 5, 105  # lengths 102, 115, 107, 109 without a limit
+        kwargs = {"max_episode_steps": limit}  # gym.make's TimeLimit: some episodes reach it
+        _, result = visited_states(model, ENV_ID, kwargs, episodes, seed)
+        lengths = []
+        for i in range(episodes):
+            single = gym.make(ENV_ID, **kwargs)
+            obs, _ = single.reset(seed=seed + i)
+            done, n = False, 0
+            while not done:
+                obs, _, term, trunc, _ = single.step(model.predict(obs, deterministic=True)[0])
+                n, done = n + 1, term or trunc
+            lengths.append(n)
+            single.close()
+        completed = [n for n in lengths if n == limit]
+        self.assertTrue(0 < len(completed) < episodes, lengths)  # both kinds occur
+        states, kept = visited_states(model, ENV_ID, kwargs, episodes, seed, completed_only=True)
+        self.assertEqual(kept["kept_episodes"], len(completed))
+        self.assertEqual(len(states), sum(completed))
+        self.assertEqual(result["mean_ep_length"], kept["mean_ep_length"])  # all are evaluated
 
     def test_repeated_evaluations_use_the_same_seeds(self):
         model = tiny_ppo()
@@ -201,6 +226,18 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertTrue(any(r.get("train/anchor_kl") for r in rows))
         self.assertGreater(drift[0.0], 0.0)
         self.assertLess(drift[100.0], 0.5 * drift[0.0])
+
+    def test_no_fixed_states_means_no_anchor(self):
+        """anchor_keep completed with no completed episode: no anchor, not the update's states."""
+        model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                            offline_data=stochastic_data(), segment_length=16,
+                            policy_kwargs=tiny_policy_kwargs(), anchor_coeff=100.0)
+        model.set_anchor_states(np.zeros((0, model.observation_space.shape[0]), np.float32))
+        model.set_logger(configure(str(self.work / "empty"), ["csv"]))
+        model.learn(128)
+        self.assertIsNone(model._anchor)
+        plain = self._learn(steps=128, log="plain")  # the same run without any anchor
+        self.assertTrue(params_equal(model, plain))
 
     def test_advantage_centring_modes(self):
         adv = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
