@@ -86,11 +86,16 @@ def visited_states(model, env_id: str, env_kwargs: dict, episodes: int, seed: in
         if local_vars["done"]:
             completed[i] = bool(local_vars["info"].get("TimeLimit.truncated", False))
 
+    # Creating the envs can draw from NumPy's global RNG (seen once per process with
+    # gymnasium 1.4 / SB3 2.9), which also orders the run's minibatches: put it back, so that
+    # these episodes leave the run as it would be without them.
+    rng_state = np.random.get_state()
     env = EvalEnv(env_id, env_kwargs, episodes, seed, float32_obs)
     try:
         result = env.evaluate(model, None, callback=keep)
     finally:
         env.close()
+        np.random.set_state(rng_state)
     kept = [i for i in range(episodes) if completed[i] or not completed_only]
     states = [s for i in kept for s in per_episode[i]]
     shape = (len(states),) + env.venv.observation_space.shape

@@ -667,6 +667,29 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
         off.env.close()
         self.assertIsNone(off.anchor_states)
 
+    def test_an_anchor_without_completed_episodes_runs_as_no_anchor(self):
+        """The start policy's episodes are rolled out before training and draw on no RNG the
+        run uses: with none kept (the tiny BC policy falls in every one) the run is the run
+        without an anchor, bit for bit."""
+        from hybrid_training import HybridSettings, train_hybrid
+
+        data = stochastic_data()
+        bc_cfg, cfg = load_hparams("Walker2d-v4-bc-large", "Walker2d-v4-hybrid",
+                                   write_hparam_file(self.tmp / "hparam.yml"))
+        ckpt = self._bc_checkpoint(data, bc_cfg)
+        params = {}
+        for name, changes in (("none", {"anchor_coeff": 0.0}),
+                              ("completed", {"anchor_coeff": 10.0, "anchor_episodes": 2,
+                                             "anchor_keep": "completed"})):
+            settings = HybridSettings(
+                mix_ratio=0.5, rho_bar=1.0, c_bar=0.95, bc_coeff=0.01, warm_start_steps=10,
+                log_std_subtract=0.0, seed=4, device="cpu", total_timesteps=256,
+                save_file=self.work / name, tb_dir=self.work / "tb" / name)
+            result = train_hybrid(data, ckpt, cfg.model_copy(update=changes), settings,
+                                  progress=False)
+            params[name] = PPO.load(result.save_file, device="cpu")
+        self.assertTrue(params_equal(params["none"], params["completed"]))
+
     def test_offline_improvement_is_evaluated_and_kept_only_if_not_worse(self):
         from hybrid_training import HybridSettings, train_hybrid
 
