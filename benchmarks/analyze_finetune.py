@@ -130,6 +130,10 @@ def fmt_ci(t: tuple[float, float, float]) -> str:
     return f"{t[0]:.1f} [{t[1]:.1f}, {t[2]:.1f}]"
 
 
+# Variants that differ from each other in one thing, not from `hybrid`.
+VARIANT_PAIRS = [("hybrid-start_anchor_completed", "hybrid-start_anchor")]
+
+
 def baseline(variant: str, variants: dict[str, list[dict]]) -> str:
     """The variant an ablation differs from in one thing: `hybrid`, or for the ablations
     measured while signed offline advantages were the default, `hybrid-signed_offline`."""
@@ -188,6 +192,7 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
         # a change made to both methods: compare them under it too
         pairs += [(v, "bc_ppo" + v[len("hybrid"):]) for v in rows
                   if v.startswith("hybrid-") and "bc_ppo" + v[len("hybrid"):] in rows]
+        pairs += [(x, y) for x, y in VARIANT_PAIRS if x in rows and y in rows]
         if pairs:
             md += ["Probability of improvement, last-3 mean, P(row > column) [95% CI]:", ""]
             for x, y in pairs:
