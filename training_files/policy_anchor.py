@@ -1,19 +1,21 @@
 """Anchor of the mean action to the policy fine-tuning started from, with a decaying weight.
 
 Why: on medium-v0 the first actor updates sometimes cost a third of BC's score within 10-30k
-steps (critic fitted to a few rollouts, Adam's first full-size steps); the seeds recover, but a
-user who stops there keeps a worse policy. The penalty is the KL between the current policy
-and the start (the BC policy) if both had the start's exploration noise,
-0.5 * sum_i ((mean_i(s) - start_mean_i(s)) / start_std_i)^2, averaged over the update's states
-(online and offline). Only the mean is anchored: the deterministic action is what is evaluated
-and handed over, and the noise has its own schedule (log_std_decay). HybridPPO weighs it by
+steps; the seeds recover, but a user who stops there keeps a worse policy. The penalty is the
+KL between the current policy and the start (the BC policy) if both had the start's
+exploration noise, 0.5 * sum_i ((mean_i(s) - start_mean_i(s)) / start_std_i)^2, averaged over
+states. Only the mean is anchored: the deterministic action is what is evaluated and handed
+over, and the noise has its own schedule (log_std_decay). HybridPPO weighs it by
 anchor_coeff * anchor_decay^k over updates, next to the BC term's weight: DAPG's
 lambda0 * lambda1^k (Rajeswaran et al. 2018), held early, free later, when the critic has
 seen enough of the fine-tuned policy's own returns.
-Measured on walker2d medium-v0 (README Results; 10 seeds with HybridPPO, 15 with PPO-from-BC):
-it did not stop those dips, cost HybridPPO a little and lifted PPO-from-BC to HybridPPO's level
-(within the noise); with offline samples kept out of the policy gradient it made the dips
-shallower but not fewer. Off on every entry.
+
+Which states: the update's (online and offline), or a fixed set, the states the start policy
+visits in its own deterministic episodes (hparam anchor_episodes; anchor_keep completed keeps
+only the episodes that ran to the time limit). Measured on walker2d (README Results): on the
+update's states it did not stop the early dips; on BC's own episodes it made them shallower
+(worst early evaluation 77-78% of BC instead of 55%) without moving the end of the run, and on
+expert data at weight 10 it cost early evaluations (83% of BC). Off on every entry.
 """
 
 from __future__ import annotations
