@@ -31,10 +31,10 @@ class MeanActionAnchor:
 
     `states`: where the penalty holds. None: on the update's own states (online rollouts and
     offline samples). Otherwise on a fixed set, the states the start policy visits in its own
-    deterministic episodes (hybrid_training.start_policy_states), a random `batch` of them per
-    gradient step. Why: on walker2d medium-v0 BC's noisy rollouts fall after ~230 steps while
-    its deterministic episodes walk for ~800, so the update's states hold nothing of what the
-    evaluated policy does after its first steps, and that is where the early dips come from.
+    deterministic episodes (evaluation.visited_states, called by hybrid_training.build_hybrid),
+    a random `batch` of them per gradient step. Why: on walker2d medium-v0 BC's noisy rollouts
+    fall after 197-277 steps while its deterministic episodes last 335-961, so the update's
+    states hold little of what the evaluated policy does after its first steps.
     """
 
     def __init__(self, policy, states: torch.Tensor | None = None):
