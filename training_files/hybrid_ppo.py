@@ -368,7 +368,7 @@ class HybridPPO(PPO):
                         bc_losses.append(bc_loss.item())
                         loss = loss + bc_coeff * bc_loss
                     if anchor_coeff > 0:
-                        if start_means is None:  # on the fixed states, a batch_size draw
+                        if self._anchor.states is not None:  # a batch_size draw of them
                             anchor_loss = self._anchor.penalty_on_states(self.policy, self.batch_size)
                         else:
                             # evaluate_actions left this minibatch's distribution in action_dist

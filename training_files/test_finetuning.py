@@ -42,73 +42,54 @@ def tiny_ppo(seed: int = 0) -> PPO:
     return PPO("MlpPolicy", ENV_ID, seed=seed, device="cpu", policy_kwargs={"net_arch": [16]})
 
 
+def one_episode(model, seed: int, **env_kwargs) -> tuple[list, float]:
+    """One deterministic episode in one env alone: the observations acted on, and the return."""
+    import gymnasium as gym
+
+    env = Monitor(gym.make(ENV_ID, **env_kwargs))
+    obs, _ = env.reset(seed=seed)
+    observations, total, done = [], 0.0, False
+    while not done:
+        observations.append(obs)
+        action, _ = model.predict(obs, deterministic=True)
+        obs, reward, term, trunc, _ = env.step(action)
+        total += reward
+        done = term or trunc
+    env.close()
+    return observations, total
+
+
 class VectorisedEvaluationTest(IsolatedTestCase):
 
     def test_same_returns_as_one_episode_at_a_time(self):
-        import gymnasium as gym
-
         model = tiny_ppo()
         episodes, seed = 4, 123
         env = EvalEnv(ENV_ID, {}, episodes, seed)
         vectorised = env.evaluate(model, None)
         env.close()
-        one_at_a_time = []
-        for i in range(episodes):
-            single = Monitor(gym.make(ENV_ID))
-            obs, _ = single.reset(seed=seed + i)
-            done, total = False, 0.0
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, reward, term, trunc, _ = single.step(action)
-                total += reward
-                done = term or trunc
-            one_at_a_time.append(total)
-            single.close()
+        one_at_a_time = [one_episode(model, seed + i)[1] for i in range(episodes)]
         self.assertAlmostEqual(vectorised["mean_reward"], float(np.mean(one_at_a_time)), places=6)
         self.assertAlmostEqual(vectorised["std_reward"], float(np.std(one_at_a_time)), places=6)
         self.assertGreater(np.std(one_at_a_time), 0)  # different seeds really differ
         self.assertEqual(vectorised["episodes"], episodes)
 
     def test_visited_states_are_the_states_the_policy_acts_on(self):
-        import gymnasium as gym
-
         model = tiny_ppo()
         episodes, seed = 3, 321
         states, result = visited_states(model, ENV_ID, {}, episodes, seed)
-        expected = []
-        for i in range(episodes):
-            single = gym.make(ENV_ID)
-            obs, _ = single.reset(seed=seed + i)
-            done = False
-            while not done:
-                expected.append(obs)
-                action, _ = model.predict(obs, deterministic=True)
-                obs, _, term, trunc, _ = single.step(action)
-                done = term or trunc
-            single.close()
-        expected = np.asarray(expected, dtype=np.float32)
+        expected = np.asarray([o for i in range(episodes) for o in one_episode(model, seed + i)[0]],
+                              dtype=np.float32)
         by_rows = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731  (episodes interleave)
         np.testing.assert_allclose(by_rows(states), by_rows(expected), rtol=1e-5, atol=1e-5)
         self.assertEqual(len(states), round(result["mean_ep_length"] * episodes))
         self.assertEqual(result["kept_episodes"], episodes)
 
     def test_completed_only_keeps_the_episodes_that_reach_the_time_limit(self):
-        import gymnasium as gym
-
         model = tiny_ppo()
         episodes, seed, limit = 4, 5, 105  # lengths 102, 115, 107, 109 without a limit
         kwargs = {"max_episode_steps": limit}  # gym.make's TimeLimit: some episodes reach it
         _, result = visited_states(model, ENV_ID, kwargs, episodes, seed)
-        lengths = []
-        for i in range(episodes):
-            single = gym.make(ENV_ID, **kwargs)
-            obs, _ = single.reset(seed=seed + i)
-            done, n = False, 0
-            while not done:
-                obs, _, term, trunc, _ = single.step(model.predict(obs, deterministic=True)[0])
-                n, done = n + 1, term or trunc
-            lengths.append(n)
-            single.close()
+        lengths = [len(one_episode(model, seed + i, **kwargs)[0]) for i in range(episodes)]
         completed = [n for n in lengths if n == limit]
         self.assertTrue(0 < len(completed) < episodes, lengths)  # both kinds occur
         states, kept = visited_states(model, ENV_ID, kwargs, episodes, seed, completed_only=True)
