@@ -31,6 +31,9 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-start_anchor_completed  the same, on the states of those of the 10 episodes that ran
                           to the time limit (anchor_keep completed): a weak BC policy is held
                           only where it walks, not where it falls
+  hybrid-start_anchor_1   the same as hybrid-start_anchor at weight 1: the penalty is measured
+                          in units of BC's noise, which is 3.5x narrower on expert-v0 (floored
+                          at log_std_min) than on medium-v0, so weight 10 is ~12x stiffer there
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
                           walker2d, a variant on ant and humanoid, whose entries keep signed ones
 Signed ablations:
@@ -101,6 +104,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-anchor_offline_critic_only": {"hparams": {**ANCHOR, "offline_advantages": "none"}},
     "hybrid-start_anchor": {"hparams": START_ANCHOR},
     "hybrid-start_anchor_completed": {"hparams": {**START_ANCHOR, "anchor_keep": "completed"}},
+    "hybrid-start_anchor_1": {"hparams": {**START_ANCHOR, "anchor_coeff": 1.0}},
     "hybrid-offline_critic_only": {"hparams": {"offline_advantages": "none"}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
