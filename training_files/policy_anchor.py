@@ -45,6 +45,8 @@ class MeanActionAnchor:
         self.start_std = torch.exp(self.start.log_std).detach()
         self.states = states
         self.states_start_means = None if states is None else self.start_means(states)
+        if states is not None:  # the start's means on the fixed states are all it needs later
+            self.start = None
 
     @torch.no_grad()
     def start_means(self, observations: torch.Tensor) -> torch.Tensor:
