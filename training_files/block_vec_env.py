@@ -40,12 +40,9 @@ def _worker(remote, parent_remote, env_fns: CloudpickleWrapper) -> None:
             remote.send((venv.reset(), venv.reset_infos))
         elif cmd == "call":  # a VecEnv method of the block (get_attr, env_method, ...)
             name, args, kwargs = data
-            try:  # an error (no such attribute, say) goes back to the caller, not down with us
-                remote.send((True, getattr(venv, name)(*args, **kwargs)))
-            except Exception as exc:  # noqa: BLE001  (re-raised in the parent)
-                remote.send((False, exc))
+            remote.send(getattr(venv, name)(*args, **kwargs))
         elif cmd == "spaces":
-            remote.send((venv.observation_space, venv.action_space))
+            remote.send((venv.observation_space, venv.action_space, venv.render_mode))
         elif cmd == "close":
             venv.close()
             remote.close()
@@ -89,8 +86,9 @@ class BlockSubprocVecEnv(VecEnv):
             self.processes.append(process)
         self.waiting, self.closed = False, False
         self.remotes[0].send(("spaces", None))
-        observation_space, action_space = self.remotes[0].recv()
+        observation_space, action_space, render_mode = self.remotes[0].recv()
         super().__init__(len(env_fns), observation_space, action_space)
+        self.render_mode = render_mode
 
     def step_async(self, actions: np.ndarray) -> None:
         for remote, block in zip(self.remotes, self.blocks):
@@ -129,43 +127,30 @@ class BlockSubprocVecEnv(VecEnv):
             remote.close()
         self.closed = True
 
-    def _send_calls(self, name: str, args: tuple, kwargs: dict, indices: VecEnvIndices) -> list:
-        """Ask each block holding some of `indices` for a DummyVecEnv method on them; returns
-        (remote, global indices) per block asked."""
-        wanted = list(self._get_indices(indices))
-        asked = []
-        for remote, block in zip(self.remotes, self.blocks):
-            mine = [i for i in wanted if i in block]
-            if mine:
-                local = [i - block.start for i in mine]
-                remote.send(("call", (name, args, {**kwargs, "indices": local})))
-                asked.append((remote, mine))
-        return asked
-
-    @staticmethod
-    def _answers(remotes) -> list:
-        """Every asked block's reply (all read first, so the pipes stay in step), or the
-        first error one of them raised."""
-        replies = [remote.recv() for remote in remotes]
-        for ok, value in replies:
-            if not ok:
-                raise value
-        return [value for _, value in replies]
-
     def _call(self, name: str, indices: VecEnvIndices, *args, **kwargs) -> list:
         """A DummyVecEnv method on the blocks holding `indices`; results in index order."""
-        asked = self._send_calls(name, args, kwargs, indices)
-        answers = self._answers([remote for remote, _ in asked])
-        by_index = {i: value for (_, mine), values in zip(asked, answers)
-                    for i, value in zip(mine, values)}
-        return [by_index[i] for i in self._get_indices(indices)]
+        wanted = list(self._get_indices(indices))
+        calls = []
+        for remote, block in zip(self.remotes, self.blocks):
+            local = [i - block.start for i in wanted if i in block]
+            if local:
+                remote.send(("call", (name, args, {**kwargs, "indices": local})))
+                calls.append((remote, [i for i in wanted if i in block]))
+        by_index = {}
+        for remote, globals_ in calls:
+            by_index.update(zip(globals_, remote.recv()))
+        return [by_index[i] for i in wanted]
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         return self._call("get_attr", indices, attr_name)
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        self._answers([remote for remote, _ in
-                       self._send_calls("set_attr", (attr_name, value), {}, indices)])
+        wanted = list(self._get_indices(indices))
+        for remote, block in zip(self.remotes, self.blocks):
+            local = [i - block.start for i in wanted if i in block]
+            if local:
+                remote.send(("call", ("set_attr", (attr_name, value), {"indices": local})))
+                remote.recv()
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None,
                    **method_kwargs) -> list[Any]:
@@ -177,9 +162,9 @@ class BlockSubprocVecEnv(VecEnv):
     def has_attr(self, attr_name: str) -> bool:
         for remote in self.remotes:
             remote.send(("call", ("has_attr", (attr_name,), {})))
-        return all(self._answers(self.remotes))
+        return all([remote.recv() for remote in self.remotes])
 
     def get_images(self) -> list:
         for remote in self.remotes:
             remote.send(("call", ("get_images", (), {})))
-        return [image for images in self._answers(self.remotes) for image in images]
+        return [image for remote in self.remotes for image in remote.recv()]
