@@ -21,7 +21,6 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from block_vec_env import BlockSubprocVecEnv
 from offline_data import normalized_score
 
 # Episode seeds: training envs use seed + rank (SB3's make_vec_env); periodic evaluations (the
@@ -37,18 +36,14 @@ def float32_observations(env: gym.Env) -> gym.Env:
 
 
 class EvalEnv:
-    """`episodes` Monitor-wrapped copies of one env, reset with fixed seeds at every evaluation.
-    workers > 1: stepped by that many processes (block_vec_env.py; the same episodes)."""
+    """`episodes` Monitor-wrapped copies of one env, reset with fixed seeds at every evaluation."""
 
     def __init__(self, env_id: str, env_kwargs: dict, episodes: int, seed: int,
-                 float32_obs: bool = False, workers: int = 1):
+                 float32_obs: bool = False):
         self.episodes, self.seed = episodes, seed
-        blocks = min(workers, episodes) > 1
-        self.venv: VecEnv = make_vec_env(
-            env_id, n_envs=episodes, env_kwargs=env_kwargs,
-            vec_env_cls=BlockSubprocVecEnv if blocks else DummyVecEnv,
-            vec_env_kwargs={"n_workers": min(workers, episodes)} if blocks else None,
-            wrapper_class=float32_observations if float32_obs else None)
+        self.venv: VecEnv = make_vec_env(env_id, n_envs=episodes, env_kwargs=env_kwargs,
+                                         vec_env_cls=DummyVecEnv,
+                                         wrapper_class=float32_observations if float32_obs else None)
 
     def evaluate(self, model, ref_scores, callback=None) -> dict:
         """Mean/std return of one deterministic episode per env; normalised score if defined.
@@ -68,9 +63,9 @@ class EvalEnv:
 
 
 def evaluate(model, env_id: str, env_kwargs: dict, episodes: int, seed: int, ref_scores,
-             float32_obs: bool = False, workers: int = 1) -> dict:
+             float32_obs: bool = False) -> dict:
     """One evaluation on a fresh EvalEnv (for one-off evaluations: BC, the test evaluation)."""
-    env = EvalEnv(env_id, env_kwargs, episodes, seed, float32_obs, workers)
+    env = EvalEnv(env_id, env_kwargs, episodes, seed, float32_obs)
     try:
         return env.evaluate(model, ref_scores)
     finally:
@@ -78,8 +73,7 @@ def evaluate(model, env_id: str, env_kwargs: dict, episodes: int, seed: int, ref
 
 
 def visited_states(model, env_id: str, env_kwargs: dict, episodes: int, seed: int,
-                   float32_obs: bool = False, completed_only: bool = False,
-                   workers: int = 1) -> tuple[np.ndarray, dict]:
+                   float32_obs: bool = False, completed_only: bool = False) -> tuple[np.ndarray, dict]:
     """The observations the model acts on in `episodes` deterministic episodes (seeds seed + i),
     and the evaluation of those episodes (plus `kept_episodes`). completed_only: only the
     episodes that ran to the time limit (truncated, not terminated: no fall)."""
@@ -96,7 +90,7 @@ def visited_states(model, env_id: str, env_kwargs: dict, episodes: int, seed: in
     # gymnasium 1.4 / SB3 2.9), which also orders the run's minibatches: put it back, so that
     # these episodes leave the run as it would be without them.
     rng_state = np.random.get_state()
-    env = EvalEnv(env_id, env_kwargs, episodes, seed, float32_obs, workers)
+    env = EvalEnv(env_id, env_kwargs, episodes, seed, float32_obs)
     try:
         result = env.evaluate(model, None, callback=keep)
     finally:

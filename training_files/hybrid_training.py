@@ -103,12 +103,6 @@ def make_train_env(cfg, seed: int, device: str):
                         wrapper_class=float32_observations if device == "mps" else None)
 
 
-def eval_workers(cfg) -> int:
-    """Processes that step an evaluation's episodes: vec_env_workers with subproc envs, else 1
-    (one process per episode would cost more than it saves, as for rollouts)."""
-    return (cfg.vec_env_workers or 1) if cfg.vec_env == "subproc" else 1
-
-
 def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
                  env=None) -> HybridPPO:
     """HybridPPO initialised from a BC zip; mu is the BC policy before log_std_subtract."""
@@ -143,8 +137,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         states, episodes = visited_states(model, cfg.env_id, cfg.env_kwargs, cfg.anchor_episodes,
                                           settings.seed + ANCHOR_SEED_OFFSET,
                                           settings.device == "mps",
-                                          completed_only=cfg.anchor_keep == "completed",
-                                          workers=eval_workers(cfg))
+                                          completed_only=cfg.anchor_keep == "completed")
         model.set_anchor_states(states)
         print(f"Anchor: the mean action is held on the {len(states)} states of "
               f"{episodes['kept_episodes']} of {cfg.anchor_episodes} deterministic BC episodes "
@@ -270,8 +263,7 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     settings.tb_dir.mkdir(parents=True, exist_ok=True)
     model.set_logger(configure(str(settings.tb_dir), ["tensorboard", "csv"]))
     eval_env = EvalEnv(cfg.env_id, cfg.env_kwargs, cfg.eval_episodes,
-                       settings.seed + SELECTION_SEED_OFFSET, float32_obs=settings.device == "mps",
-                       workers=eval_workers(cfg))
+                       settings.seed + SELECTION_SEED_OFFSET, float32_obs=settings.device == "mps")
     keeper = BestModelKeeper(best_model_file(settings.save_file), on_eval)
     evaluator = PeriodicEval(eval_env, cfg.eval_freq, data.ref_scores,
                              csv_path=settings.tb_dir / "eval.csv", on_eval=keeper)
@@ -319,7 +311,7 @@ def confirm_best(best_file: Path, bc_file: Path, cfg, seed: int, device: str, re
 
     start = seed + SELECTION_SEED_OFFSET + cfg.eval_episodes
     env = EvalEnv(cfg.env_id, cfg.env_kwargs, cfg.confirm_episodes, start,
-                  float32_obs=device == "mps", workers=eval_workers(cfg))
+                  float32_obs=device == "mps")
     try:
         best = env.evaluate(PPO.load(best_file, device=device), ref_scores)
         bc = env.evaluate(PPO.load(bc_file, device=device), ref_scores)
@@ -334,5 +326,4 @@ def test_evaluation(model_file: Path, cfg, seed: int, device: str, ref_scores) -
 
     model = PPO.load(model_file, device=device)
     return evaluate(model, cfg.env_id, cfg.env_kwargs, cfg.test_episodes,
-                    seed + TEST_SEED_OFFSET, ref_scores, float32_obs=device == "mps",
-                    workers=eval_workers(cfg))
+                    seed + TEST_SEED_OFFSET, ref_scores, float32_obs=device == "mps")

@@ -76,17 +76,6 @@ class VectorisedEvaluationTest(IsolatedTestCase):
         self.assertGreater(np.std(one_at_a_time), 0)  # different seeds really differ
         self.assertEqual(vectorised["episodes"], episodes)
 
-    def test_episodes_stepped_in_worker_processes_are_the_same_episodes(self):
-        model = tiny_ppo()
-        results = {}
-        for workers in (1, 2):
-            env = EvalEnv(ENV_ID, {}, 3, 123, workers=workers)
-            results[workers] = (env.evaluate(model, None),
-                                visited_states(model, ENV_ID, {}, 3, 77, workers=workers)[0])
-            env.close()
-        self.assertEqual(results[1][0], results[2][0])
-        np.testing.assert_array_equal(results[1][1], results[2][1])
-
     def test_visited_states_are_the_states_the_policy_acts_on(self):
         model = tiny_ppo()
         episodes, seed = 3, 321
