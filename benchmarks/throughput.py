@@ -51,9 +51,7 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
     hybrid_1env: HybridPPO mix 0.5 with the former default, 1 env x 2048 steps per update;
     hybrid: HybridPPO mix 0.5 with the hparam entry's n_envs x n_steps (8 x 256);
     ppo: plain SB3 PPO with the entry's settings; hybrid_2threads: hybrid with two torch
-    threads instead of one (--torch_threads 2); hybrid_2workers: hybrid with its 8 envs
-    stepped by 2 processes of 4 (vec_env subproc, vec_env_workers 2), and with two threads
-    as well (hybrid_2workers_2threads). The update's cost per sample is compared
+    threads instead of one (--torch_threads 2). The update's cost per sample is compared
     between ppo and hybrid (whose updates hold online + offline samples).
     """
     from stable_baselines3 import PPO
@@ -64,10 +62,8 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
     from normalized_policy import obs_normalizer
 
     one_env = cfg.model_copy(update={"n_envs": 1, "n_steps": cfg.n_steps * cfg.n_envs})
-    two_workers = cfg.model_copy(update={"vec_env": "subproc", "vec_env_workers": 2})
     setups = {"hybrid_1env": (HybridPPO, one_env), "hybrid": (HybridPPO, cfg), "ppo": (PPO, cfg),
-              "hybrid_2threads": (HybridPPO, cfg), "hybrid_2workers": (HybridPPO, two_workers),
-              "hybrid_2workers_2threads": (HybridPPO, two_workers)}
+              "hybrid_2threads": (HybridPPO, cfg)}
     times = {k: [] for k in setups}
     parts: dict = {}
     samples_per_update = {}
@@ -109,9 +105,6 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
             "steps_per_s": {k: 1 / v for k, v in med.items()},
             "hybrid_speedup_over_1env": med["hybrid_1env"] / med["hybrid"],
             "hybrid_2threads_speedup_over_1env": med["hybrid_1env"] / med["hybrid_2threads"],
-            "hybrid_2workers_speedup_over_1env": med["hybrid_1env"] / med["hybrid_2workers"],
-            "hybrid_2workers_2threads_speedup_over_1env": (med["hybrid_1env"]
-                                                           / med["hybrid_2workers_2threads"]),
             "hybrid_over_ppo_time_per_online_step": med["hybrid"] / med["ppo"],
             "hybrid_over_ppo_update_time_per_sample": (
                 float(np.median(parts["hybrid"]["update_ms_per_sample"]))

@@ -77,12 +77,7 @@ class HybridConfig(EnvConfig):
     total_timesteps: int = Field(gt=0)
     n_envs: int = Field(1, gt=0)
     vec_env: Literal["dummy", "subproc"] = "dummy"
-    """dummy: all envs step in this process (SB3's DummyVecEnv); subproc: one process per env,
-    or vec_env_workers processes."""
-    vec_env_workers: int | None = Field(None, gt=0)
-    """subproc only: the envs are spread over this many processes, each stepping its block in
-    turn (block_vec_env.py; at most n_envs are used); null: one process per env (SB3's
-    SubprocVecEnv)."""
+    """dummy: all envs step in this process (SB3's DummyVecEnv); subproc: one process per env."""
     n_steps: int = Field(2048, gt=1)
     batch_size: int = Field(64, gt=1)
     n_epochs: int = Field(10, gt=0)

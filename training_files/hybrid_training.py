@@ -26,7 +26,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from atomic_file import replace_atomically
 from bc import build_model
-from block_vec_env import BlockSubprocVecEnv
 from errors import PipelineError
 from evaluation import (ANCHOR_SEED_OFFSET, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET, EvalEnv,
                         PeriodicEval, evaluate, float32_observations, visited_states)
@@ -93,13 +92,9 @@ class HybridResult:
 
 
 def make_train_env(cfg, seed: int, device: str):
-    """cfg.n_envs copies of the env, stepped in this process, one process each, or spread over
-    cfg.vec_env_workers processes (the same envs and seeds in every case)."""
-    vec_env_cls, vec_env_kwargs = VEC_ENV_CLASSES[cfg.vec_env], None
-    if cfg.vec_env == "subproc" and cfg.vec_env_workers and cfg.vec_env_workers < cfg.n_envs:
-        vec_env_cls, vec_env_kwargs = BlockSubprocVecEnv, {"n_workers": cfg.vec_env_workers}
+    """cfg.n_envs copies of the env, stepped in this process or one process each."""
     return make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed, env_kwargs=cfg.env_kwargs,
-                        vec_env_cls=vec_env_cls, vec_env_kwargs=vec_env_kwargs,
+                        vec_env_cls=VEC_ENV_CLASSES[cfg.vec_env],
                         wrapper_class=float32_observations if device == "mps" else None)
 
 

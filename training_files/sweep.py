@@ -134,15 +134,14 @@ def trial_argv(config: dict) -> list[str]:
 
 
 def trial_cpus(config: dict) -> int:
-    """CPUs one trial keeps busy: torch's threads, or its env processes with subproc envs."""
+    """CPUs one trial keeps busy: torch's threads, or one process per env with subproc envs."""
     from hparams import DEFAULT_HPARAM_FILE, load_hparams
 
     args = pipeline.build_parser().parse_args(trial_argv(config))
     _, hybrid_cfg = load_hparams(args.hparam_bc, args.hparam_hybrid,
                                  args.hparam_file or DEFAULT_HPARAM_FILE,
                                  n_envs=args.n_envs, vec_env=args.vec_env)
-    envs = (min(hybrid_cfg.vec_env_workers or hybrid_cfg.n_envs, hybrid_cfg.n_envs)
-            if hybrid_cfg.vec_env == "subproc" else 1)
+    envs = hybrid_cfg.n_envs if hybrid_cfg.vec_env == "subproc" else 1
     return max(args.torch_threads, envs)
 
 

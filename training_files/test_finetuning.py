@@ -1,8 +1,7 @@
 """Vectorised rollouts and evaluation, and this round's fine-tuning mechanisms.
 
 - Evaluation stepped in one vectorised env gives the same returns as one env at a time for
-  the same episode seeds; dummy, subproc and block rollouts (several envs per process) give
-  the same samples for the same seeds, and vec_env_workers picks the kind.
+  the same episode seeds; dummy and subproc rollouts give the same samples for the same seeds.
 - Critic-only updates leave the actor untouched and move the critic; the linear lr schedule
   reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
   documented; positive-only offline advantages never push the actor away from the data;
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import unittest
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -29,9 +27,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from block_vec_env import BlockSubprocVecEnv
 from evaluation import EvalEnv, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET, visited_states
-from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
+from hybrid_training import BestModelKeeper, HybridResult, confirm_best
 from offline_batch import normalise_per_source
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
                              setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs,
@@ -113,47 +110,19 @@ class VectorisedEvaluationTest(IsolatedTestCase):
 
 class VecEnvKindsTest(IsolatedTestCase):
 
-    def test_dummy_subproc_and_block_rollouts_give_the_same_samples(self):
-        kinds = {"dummy": (DummyVecEnv, None), "subproc": (SubprocVecEnv, None),
-                 "blocks": (BlockSubprocVecEnv, {"n_workers": 2})}  # blocks of 2 and 1 envs
+    def test_dummy_and_subproc_rollouts_give_the_same_samples(self):
         buffers = {}
-        for kind, (cls, kwargs) in kinds.items():
-            env = make_vec_env(ENV_ID, n_envs=3, seed=3, vec_env_cls=cls, vec_env_kwargs=kwargs)
+        for cls in (DummyVecEnv, SubprocVecEnv):
+            env = make_vec_env(ENV_ID, n_envs=2, seed=3, vec_env_cls=cls)
             model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=3,
                         device="cpu", policy_kwargs={"net_arch": [16]})
-            model.learn(192)  # two rollouts, one update between them
+            model.learn(64)  # two rollouts, one update between them
             buf = model.rollout_buffer
-            buffers[kind] = (buf.observations.copy(), buf.actions.copy(), buf.rewards.copy(),
-                             buf.episode_starts.copy())
+            buffers[cls] = (buf.observations.copy(), buf.actions.copy(), buf.rewards.copy())
             env.close()
-        for kind in ("subproc", "blocks"):
-            for a, b in zip(buffers["dummy"], buffers[kind]):
-                np.testing.assert_array_equal(a, b)
-        self.assertGreater(np.abs(buffers["dummy"][2]).sum(), 0)
-
-    def test_blocks_answer_env_queries_in_env_order(self):
-        env = make_vec_env(ENV_ID, n_envs=3, seed=0, vec_env_cls=BlockSubprocVecEnv,
-                           vec_env_kwargs={"n_workers": 2})
-        env.set_attr("tag", "x", indices=[2])
-        env.set_attr("tag", "y", indices=[0, 1])
-        self.assertEqual(env.get_attr("tag", indices=[2, 0, 1]), ["x", "y", "y"])
-        self.assertEqual(env.env_method("get_wrapper_attr", "tag"), ["y", "y", "x"])
-        self.assertTrue(env.has_attr("tag"))
-        self.assertFalse(env.has_attr("no_such_attribute"))
-        env.close()
-        with self.assertRaisesRegex(ValueError, "n_workers must be between 1 and"):
-            BlockSubprocVecEnv([lambda: None] * 2, n_workers=3)
-
-    def test_vec_env_workers_chooses_the_vec_env(self):
-        def kind(**fields):
-            cfg = SimpleNamespace(env_id=ENV_ID, env_kwargs={}, n_envs=3, **fields)
-            env = make_train_env(cfg, seed=0, device="cpu")
-            env.close()
-            return type(env)
-        self.assertIs(kind(vec_env="subproc", vec_env_workers=2), BlockSubprocVecEnv)
-        self.assertIs(kind(vec_env="subproc", vec_env_workers=3), SubprocVecEnv)
-        self.assertIs(kind(vec_env="subproc", vec_env_workers=None), SubprocVecEnv)
-        self.assertIs(kind(vec_env="dummy", vec_env_workers=2), DummyVecEnv)
+        for a, b in zip(buffers[DummyVecEnv], buffers[SubprocVecEnv]):
+            np.testing.assert_array_equal(a, b)
+        self.assertGreater(np.abs(buffers[DummyVecEnv][2]).sum(), 0)
 
 
 class FineTuningMechanismsTest(IsolatedTestCase):
