@@ -8,8 +8,9 @@ phase() {
   for w in 0 1; do python benchmarks/finetune.py "$@" --worker "$w/2" & done
   wait
 }
-# 1. headline on medium data: HybridPPO against PPO-from-BC, 15 seeds
-phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 --variants hybrid bc_ppo
+# 1. headline on medium data: HybridPPO against PPO-from-BC, 25 seeds (10-14 and 15-24 added
+# in later sessions, each decided before they ran, to narrow the CI of P(hybrid > bc_ppo))
+phase --datasets medium-v0 --seeds $(seq 0 24) --variants hybrid bc_ppo
 # 2. expert data, 10 seeds (5-9 added later, to check the goals on more seeds)
 phase --datasets expert-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid
 # 3. positive advantages against the previous default (signed); offline improvement on top
@@ -28,13 +29,16 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-anchor_
   hybrid-offline_critic_only
 phase --datasets medium-v0 --seeds 10 11 12 13 14 --variants hybrid-anchor_offline_critic_only
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-anchor_offline_critic_only
-phase --datasets expert-v0 --seeds 0 1 --variants hybrid-offline_critic_only
+phase --datasets expert-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-offline_critic_only
+phase --datasets medium-v0 --seeds 10 11 12 13 14 --variants hybrid-offline_critic_only
 # the anchor held on BC's own deterministic-episode states (anchor_episodes): all of them, or
 # those of the episodes that ran to the time limit (anchor_keep completed)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 --variants hybrid-start_anchor
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 \
   --variants hybrid-start_anchor_completed
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-start_anchor_completed
+# the same at weight 1 on expert data: were its early dips there the penalty's stiffness?
+phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-start_anchor_1
 # 4. ablations of the signed method (measured while it was the default)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
   bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1
@@ -54,6 +58,6 @@ wait
 python benchmarks/analyze_finetune.py
 # 6. the measurements around the goals: how noisy one 10-episode evaluation of a BC policy is
 # (the early-dip rule's noise floor), and what the confirmation step changes in these runs
-python benchmarks/eval_noise.py --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14
+python benchmarks/eval_noise.py --seeds $(seq 0 24)
 for w in 0 1; do python benchmarks/confirmation.py --variants hybrid bc_ppo --worker "$w/2" & done
 wait
