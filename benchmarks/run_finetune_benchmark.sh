@@ -30,7 +30,6 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-anchor_
 phase --datasets medium-v0 --seeds 10 11 12 13 14 --variants hybrid-anchor_offline_critic_only
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-anchor_offline_critic_only
 phase --datasets expert-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-offline_critic_only
-phase --datasets medium-v0 --seeds 10 11 12 13 14 --variants hybrid-offline_critic_only
 # the anchor held on BC's own deterministic-episode states (anchor_episodes): all of them, or
 # those of the episodes that ran to the time limit (anchor_keep completed)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 --variants hybrid-start_anchor
