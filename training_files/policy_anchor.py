@@ -26,6 +26,12 @@ import torch
 from offline_batch import chunked, frozen_copy
 
 
+@torch.no_grad()
+def mean_actions(policy, observations: torch.Tensor) -> torch.Tensor:
+    """`policy`'s mean action for every row, in bounded memory."""
+    return chunked(lambda o: policy.get_distribution(o).distribution.mean, observations)
+
+
 class MeanActionAnchor:
     """A frozen copy of the starting policy and the penalty that keeps the mean action near it.
 
@@ -41,17 +47,16 @@ class MeanActionAnchor:
         if not hasattr(policy, "log_std"):
             raise ValueError("anchor_coeff needs a Gaussian policy with a state-independent "
                              "log_std (SB3's DiagGaussian, as on every MuJoCo entry)")
-        self.start = frozen_copy(policy, None)
-        self.start_std = torch.exp(self.start.log_std).detach()
+        self.start_std = torch.exp(policy.log_std).detach()
         self.states = states
-        self.states_start_means = None if states is None else self.start_means(states)
-        if states is not None:  # the start's means on the fixed states are all it needs later
-            self.start = None
+        # On the update's states the start's means are needed at every update, from a frozen
+        # copy; on fixed states only once, here, while the policy still is the start.
+        self.start = frozen_copy(policy, None) if states is None else None
+        self.states_start_means = None if states is None else mean_actions(policy, states)
 
-    @torch.no_grad()
     def start_means(self, observations: torch.Tensor) -> torch.Tensor:
         """The start policy's mean action for every row (computed once per update)."""
-        return chunked(lambda o: self.start.get_distribution(o).distribution.mean, observations)
+        return mean_actions(self.start, observations)
 
     def penalty(self, means: torch.Tensor, start_means: torch.Tensor) -> torch.Tensor:
         """Mean over rows of the KL above (nats); differentiable in `means`."""
