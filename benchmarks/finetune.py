@@ -34,6 +34,9 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-start_anchor_1   the same as hybrid-start_anchor at weight 1: the penalty is measured
                           in units of BC's noise, which is 3.5x narrower on expert-v0 (floored
                           at log_std_min) than on medium-v0, so weight 10 is ~12x stiffer there
+  hybrid-policy_average   policy_average_steps 10000: what is evaluated, kept and handed over is
+                          an exponential moving average of the actor's weights with a time
+                          constant of one evaluation interval; rollouts use the live policy
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
                           walker2d, a variant on ant and humanoid, whose entries keep signed ones
 Signed ablations:
@@ -106,6 +109,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-start_anchor_completed": {"hparams": {**START_ANCHOR, "anchor_keep": "completed"}},
     "hybrid-start_anchor_1": {"hparams": {**START_ANCHOR, "anchor_coeff": 1.0}},
     "hybrid-offline_critic_only": {"hparams": {"offline_advantages": "none"}},
+    "hybrid-policy_average": {"hparams": {"policy_average_steps": 10000}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},

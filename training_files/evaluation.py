@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import gymnasium as gym
@@ -126,6 +127,12 @@ class PeriodicEval(BaseCallback):
             self.run_eval()
 
     def run_eval(self, note: str | None = None) -> dict:
+        # HybridPPO's averaged actor, if it keeps one (policy_average_steps), is the policy
+        # evaluated and, through on_eval, the one the best-model keeper saves.
+        with getattr(self.model, "evaluated_actor", nullcontext)():
+            return self._run_eval(note)
+
+    def _run_eval(self, note: str | None) -> dict:
         started = time.perf_counter()
         result = self.env.evaluate(self.model, self.ref_scores)
         self.seconds += time.perf_counter() - started

@@ -130,6 +130,10 @@ class HybridConfig(EnvConfig):
     """With anchor_episodes > 0, which episodes' states: all, or only those that ran to the time
     limit (no fall), so that a weak start policy is held only where it succeeds (no episode
     completed: no anchor)."""
+    policy_average_steps: int = Field(0, ge=0)
+    """Time constant, in env steps, of an exponential moving average of the actor's weights;
+    the average is what is evaluated, kept as the best model and saved, while rollouts come
+    from the policy being trained (policy_average.py). 0: off, the last iterate."""
     ood: OODConfig = Field(default_factory=OODConfig)
     eval_freq: int = Field(10_000, gt=0)
     eval_episodes: int = Field(10, ge=1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import nullcontext
 from typing import Literal
 
 import numpy as np
@@ -33,6 +34,7 @@ from hparams import OODConfig
 from offline_batch import OfflineBuffer, UpdateSamples, normalise_per_source
 from offline_data import OfflineData
 from policy_anchor import MeanActionAnchor
+from policy_average import ActorAverage
 
 class HybridPPO(PPO):
     """PPO + offline segments with V-trace, OOD weights, a BC term and critic warm-ups.
@@ -83,6 +85,10 @@ class HybridPPO(PPO):
         started from (its KL at the start's noise, `policy_anchor.py`), multiplied by
         anchor_decay ** (updates so far); 0: off. It holds on the update's states, or on
         fixed states given by `set_anchor_states` (the start policy's own episodes).
+    :param policy_average_steps: time constant, in env steps, of an exponential moving average
+        of the actor's weights (`policy_average.py`), started when the actor first moves; inside
+        `evaluated_actor()` the policy carries it, so evaluations, the best model and the saved
+        model are the average while rollouts come from the policy being trained. 0: off.
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -95,7 +101,8 @@ class HybridPPO(PPO):
                  offline_advantages: Literal["signed", "positive", "none"] = "signed",
                  offline_policy_updates: int = 0,
                  log_std_min: float | None = None, log_std_decay: float = 0.0,
-                 anchor_coeff: float = 0.0, anchor_decay: float = 1.0, **kwargs):
+                 anchor_coeff: float = 0.0, anchor_decay: float = 1.0,
+                 policy_average_steps: int = 0, **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
         self.mix_ratio = mix_ratio
@@ -115,6 +122,8 @@ class HybridPPO(PPO):
         self.anchor_coeff, self.anchor_decay = anchor_coeff, anchor_decay
         self._anchor: MeanActionAnchor | None = None  # made when learning starts
         self.anchor_states: np.ndarray | None = None  # None: the anchor holds on update states
+        self.policy_average_steps = policy_average_steps
+        self._actor_average: ActorAverage | None = None  # made when the actor first moves
         self.warmed_up = False
         self.warmup_stats: dict = {}
         self.policy_updates = 0  # train() calls, for bc_decay and the critic-only phase
@@ -128,7 +137,7 @@ class HybridPPO(PPO):
         # The dataset and the behaviour policy are inputs, not model state: keep zips small.
         # The pre-improvement copy (for the gate's revert) is a second policy: not saved either.
         return super()._excluded_save_params() + ["offline", "_before_improvement", "_anchor",
-                                                   "anchor_states"]
+                                                   "anchor_states", "_actor_average"]
 
     @property
     def offline_data(self) -> OfflineData | None:
@@ -306,6 +315,10 @@ class HybridPPO(PPO):
                         else self.anchor_coeff * self.anchor_decay ** self.policy_updates)
         start_means = (self._anchor.start_means(batch.observations)
                        if anchor_coeff > 0 and self._anchor.states is None else None)
+        moves_actor = not critic_only and not self._offline_only
+        if moves_actor and self.policy_average_steps > 0 and self._actor_average is None:
+            self._actor_average = ActorAverage(self.policy, self.policy_average_steps,
+                                               self.n_steps * self.n_envs)
 
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -399,6 +412,8 @@ class HybridPPO(PPO):
         if not self._offline_only:
             self.policy_updates += 1
             self._decay_log_std()
+        if moves_actor and self._actor_average is not None:
+            self._actor_average.update()
 
         self._record_train_stats(entropy_losses, pg_losses, value_losses, bc_losses,
                                  approx_kl_divs, clip_fractions, loss, clip_range, offline_stats)
@@ -410,6 +425,10 @@ class HybridPPO(PPO):
             self.logger.record("train/anchor_coeff", anchor_coeff)
         if self.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
+
+    def evaluated_actor(self):
+        """Context in which the policy is the one to evaluate and save (see policy_average_steps)."""
+        return nullcontext() if self._actor_average is None else self._actor_average.swapped_in()
 
     def _decay_log_std(self) -> None:
         """Lower log_std to the schedule's value for the env steps so far (see log_std_decay).

@@ -120,7 +120,8 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         offline_advantages=cfg.offline_advantages,
         offline_policy_updates=cfg.offline_policy_updates,
         log_std_min=cfg.log_std_min, log_std_decay=cfg.log_std_decay,
-        anchor_coeff=cfg.anchor_coeff, anchor_decay=cfg.anchor_decay)
+        anchor_coeff=cfg.anchor_coeff, anchor_decay=cfg.anchor_decay,
+        policy_average_steps=cfg.policy_average_steps)
     try:
         model.load_bc_checkpoint(bc_checkpoint)
     except RuntimeError as exc:  # torch's load_state_dict reports shape/key mismatches so
@@ -272,7 +273,8 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                     callback=CallbackList(callbacks), progress_bar=progress)
     except KeyboardInterrupt:
         interrupted = True
-    save_file, save_error = save_with_fallback(model, settings.save_file)
+    with model.evaluated_actor():  # the averaged actor, if the run keeps one
+        save_file, save_error = save_with_fallback(model, settings.save_file)
     if not evaluator.history or evaluator.history[-1]["timesteps"] != model.num_timesteps:
         evaluator.run_eval()  # the final model is a candidate too
     eval_env.close()

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 import unittest
 import warnings
 
@@ -27,7 +28,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from evaluation import EvalEnv, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET, visited_states
+from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET,
+                        visited_states)
 from hybrid_training import BestModelKeeper, HybridResult, confirm_best
 from offline_batch import normalise_per_source
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
@@ -219,6 +221,68 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertIsNone(model._anchor)
         plain = self._learn(steps=128, log="plain")  # the same run without any anchor
         self.assertTrue(params_equal(model, plain))
+
+    def test_policy_average_is_an_ema_of_the_actor_from_its_start(self):
+        """The average starts at the actor as it first moves, then folds in each update with
+        decay exp(-steps per update / time constant); rollouts never see it."""
+        snapshots = []
+        model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                            offline_data=stochastic_data(), segment_length=16,
+                            policy_kwargs=tiny_policy_kwargs(), critic_only_updates=1,
+                            learning_rate=3e-3, policy_average_steps=100)
+        train = model.train
+
+        def train_and_keep():
+            train()
+            snapshots.append(self._actor(model))
+        model.train = train_and_keep
+        model.set_logger(configure(str(self.work / "avg"), ["csv"]))
+        model.learn(256)  # 4 updates: one critic-only, then three that move the actor
+
+        decay = math.exp(-64 / 100)
+        expected = {k: v for k, v in snapshots[0].items() if not k.startswith("log_std")}
+        for later in snapshots[1:]:
+            expected = {k: decay * v + (1 - decay) * later[k] for k, v in expected.items()}
+        live = self._actor(model)
+        with model.evaluated_actor():
+            averaged = self._actor(model)
+            for k, v in expected.items():
+                torch.testing.assert_close(averaged[k], v)
+            torch.testing.assert_close(averaged["log_std"], live["log_std"])  # noise: the live one
+        for k, v in self._actor(model).items():
+            self.assertTrue(torch.equal(v, live[k]), k)  # the live actor is back
+        self.assertFalse(torch.allclose(averaged["action_net.weight"], live["action_net.weight"]))
+        self.assertNotIn("_actor_average", model.get_parameters())
+
+        plain = self._learn(steps=256, log="plain", critic_only_updates=1, learning_rate=3e-3)
+        self.assertTrue(params_equal(model, plain))  # training itself is unchanged
+
+    def test_evaluations_and_saves_use_the_averaged_actor(self):
+        """PeriodicEval evaluates (and its on_eval hook saves) the average; without one,
+        the model as it is."""
+        seen = []
+        model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                            offline_data=stochastic_data(), segment_length=16,
+                            policy_kwargs=tiny_policy_kwargs(), learning_rate=3e-3,
+                            policy_average_steps=200)
+        env = EvalEnv(ENV_ID, {}, 2, SELECTION_SEED_OFFSET)
+
+        def on_eval(result, m):
+            average = m._actor_average and m._actor_average.average.module[1]  # action_net's
+            seen.append((m.policy.action_net.weight.detach().clone(),
+                         None if average is None else average.weight.detach().clone()))
+            m.save(str(self.work / f"eval{len(seen)}.zip"))
+        evaluator = PeriodicEval(env, 128, None, on_eval=on_eval)
+        model.set_logger(configure(str(self.work / "eval"), ["csv"]))
+        model.learn(256, callback=evaluator)
+        env.close()
+        self.assertEqual([r["timesteps"] for r in evaluator.history], [0, 128, 256])
+        self.assertIsNone(seen[0][1])  # step 0: no update yet, the start is evaluated
+        for evaluated, average in seen[1:]:
+            torch.testing.assert_close(evaluated, average)
+        saved = PPO.load(self.work / "eval3.zip", device="cpu")
+        torch.testing.assert_close(saved.policy.action_net.weight, seen[-1][1])
+        self.assertFalse(torch.allclose(seen[-1][0], model.policy.action_net.weight))
 
     def test_advantage_centring_modes(self):
         adv = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
