@@ -40,7 +40,7 @@ phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-start_anchor_comp
 phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-start_anchor_1
 # an exponential moving average of the actor's weights as the evaluated and handed-over policy
 phase --datasets expert-v0 --seeds $(seq 0 9) --variants hybrid-policy_average
-phase --datasets medium-v0 --seeds $(seq 0 14) --variants hybrid-policy_average
+phase --datasets medium-v0 --seeds $(seq 0 24) --variants hybrid-policy_average
 # 4. ablations of the signed method (measured while it was the default)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
   bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1

@@ -9,8 +9,9 @@
   move the actor before the first env step; the mean-action anchor keeps the actor near its
   start with a decaying weight, on the update's states or on fixed ones (the states the
   start policy visits, which evaluate_policy's callback collects); and a reverted
-  improvement continues as the run without it; the best-model keeper never hands over a
-  model measured worse than the start, and a best model that loses to BC on the
+  improvement continues as the run without it; the averaged actor is the documented EMA, is
+  what evaluations and saves see, and leaves training unchanged; the best-model keeper never
+  hands over a model measured worse than the start, and a best model that loses to BC on the
   confirmation episodes is not handed over.
 """
 
@@ -258,8 +259,8 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertTrue(params_equal(model, plain))  # training itself is unchanged
 
     def test_evaluations_and_saves_use_the_averaged_actor(self):
-        """PeriodicEval evaluates (and its on_eval hook saves) the average; without one,
-        the model as it is."""
+        """PeriodicEval evaluates (and its on_eval hook saves) the average; before the first
+        update there is none, and the start is evaluated."""
         seen = []
         model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
                             offline_data=stochastic_data(), segment_length=16,
