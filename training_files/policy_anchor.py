@@ -33,7 +33,7 @@ def mean_actions(policy, observations: torch.Tensor) -> torch.Tensor:
 
 
 class MeanActionAnchor:
-    """A frozen copy of the starting policy and the penalty that keeps the mean action near it.
+    """The starting policy's mean actions and the penalty that keeps the mean action near them.
 
     `states`: where the penalty holds. None: on the update's own states (online rollouts and
     offline samples). Otherwise on a fixed set, the states the start policy visits in its own

@@ -25,12 +25,11 @@ dips get shallower but the late drift stays and the end is no better (P(it > hyb
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 
-import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
@@ -64,13 +63,12 @@ class ActorAverage:
     @contextmanager
     def swapped_in(self):
         """The policy carries the averaged actor inside the block and its own actor after it."""
-        live = mean_action_path(self.policy).parameters()
-        kept = parameters_to_vector(live).detach().clone()
-        with torch.no_grad():
-            vector_to_parameters(parameters_to_vector(self.average.module.parameters()),
-                                 mean_action_path(self.policy).parameters())
+        # load_state_dict copies into the live tensors in place (as the offline-improvement
+        # revert does), so the optimizer's parameters keep their storage.
+        actor = mean_action_path(self.policy)
+        kept = copy.deepcopy(actor.state_dict())
+        actor.load_state_dict(self.average.module.state_dict())
         try:
             yield
         finally:
-            with torch.no_grad():
-                vector_to_parameters(kept, mean_action_path(self.policy).parameters())
+            actor.load_state_dict(kept)

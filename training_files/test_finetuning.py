@@ -285,6 +285,16 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         torch.testing.assert_close(saved.policy.action_net.weight, seen[-1][1])
         self.assertFalse(torch.allclose(seen[-1][0], model.policy.action_net.weight))
 
+        # swapping the average in and out around each evaluation leaves training as it was
+        plain = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=1,
+                            offline_data=stochastic_data(), segment_length=16,
+                            policy_kwargs=tiny_policy_kwargs(), learning_rate=3e-3)
+        env = EvalEnv(ENV_ID, {}, 2, SELECTION_SEED_OFFSET)
+        plain.set_logger(configure(str(self.work / "plain"), ["csv"]))
+        plain.learn(256, callback=PeriodicEval(env, 128, None))
+        env.close()
+        self.assertTrue(params_equal(model, plain))
+
     def test_advantage_centring_modes(self):
         adv = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
         rhos = torch.tensor([1.0, 1.0, 1.0, 0.5, 1.0, 0.2])
