@@ -37,6 +37,9 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-policy_average   policy_average_steps 10000: what is evaluated, kept and handed over is
                           an exponential moving average of the actor's weights with a time
                           constant of one evaluation interval; rollouts use the live policy
+  hybrid-restarts         deterministic_restarts 0.5: half the training episodes start where
+                          the current deterministic policy walked for a random number of steps
+                          (the evaluated policy's states; the prefix's env steps are reported)
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
                           walker2d, a variant on ant and humanoid, whose entries keep signed ones
 Signed ablations:
@@ -110,6 +113,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-start_anchor_1": {"hparams": {**START_ANCHOR, "anchor_coeff": 1.0}},
     "hybrid-offline_critic_only": {"hparams": {"offline_advantages": "none"}},
     "hybrid-policy_average": {"hparams": {"policy_average_steps": 10000}},
+    "hybrid-restarts": {"hparams": {"deterministic_restarts": 0.5}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},
@@ -186,7 +190,8 @@ def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
             "bc": entry["bc"], "warmup": entry["warmup"], "curve": entry["evaluations"],
             "best_eval": entry["best_eval"], "final_test_eval": entry["final_test_eval"],
             "result": entry["result"], "config": entry["config"]["hybrid"],
-            "dataset_info": entry["dataset"]}
+            "dataset_info": entry["dataset"],
+            **({"restarts": entry["restarts"]} if "restarts" in entry else {})}
 
 
 def append_result(record: dict, path: Path = RESULTS) -> None:

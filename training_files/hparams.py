@@ -134,6 +134,10 @@ class HybridConfig(EnvConfig):
     """Time constant, in env steps, of an exponential moving average of the actor's weights;
     the average is what is evaluated, kept as the best model and saved, while rollouts come
     from the policy being trained (policy_average.py). 0: off, the last iterate."""
+    deterministic_restarts: float = Field(0.0, ge=0, le=1)
+    """Fraction of training episodes that start where the current deterministic policy (the
+    one evaluated) has walked for a random number of steps (policy_restarts.py); the prefix is
+    not trained on and its env steps are reported apart. Needs vec_env dummy. 0: off."""
     ood: OODConfig = Field(default_factory=OODConfig)
     eval_freq: int = Field(10_000, gt=0)
     eval_episodes: int = Field(10, ge=1)

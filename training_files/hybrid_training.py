@@ -31,6 +31,7 @@ from evaluation import (ANCHOR_SEED_OFFSET, SELECTION_SEED_OFFSET, TEST_SEED_OFF
                         PeriodicEval, evaluate, float32_observations, visited_states)
 from hybrid_ppo import HybridPPO
 from offline_data import OfflineData
+from policy_restarts import attach_policy, restart_counts, restart_wrapper
 from preflight import best_model_file, model_file
 
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
@@ -65,6 +66,7 @@ class HybridResult:
     warmup: dict = field(default_factory=dict)
     save_error: str | None = None  # the requested path failed; save_file is the fallback
     seconds: dict = field(default_factory=dict)  # wall time per stage
+    restarts: dict | None = None  # deterministic restarts: episodes and prefix env steps
     confirmation: dict | None = None  # confirm_best's verdict; None: not run
     bc_file: Path | None = None  # the BC policy the run started from
 
@@ -93,9 +95,14 @@ class HybridResult:
 
 def make_train_env(cfg, seed: int, device: str):
     """cfg.n_envs copies of the env, stepped in this process or one process each."""
+    wrapper = float32_observations if device == "mps" else None
+    if cfg.deterministic_restarts > 0:
+        if cfg.vec_env != "dummy":
+            raise PipelineError("deterministic_restarts needs vec_env dummy: its envs call the "
+                                "policy being trained, which lives in this process")
+        wrapper = restart_wrapper(cfg.deterministic_restarts, wrapper)
     return make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed, env_kwargs=cfg.env_kwargs,
-                        vec_env_cls=VEC_ENV_CLASSES[cfg.vec_env],
-                        wrapper_class=float32_observations if device == "mps" else None)
+                        vec_env_cls=VEC_ENV_CLASSES[cfg.vec_env], wrapper_class=wrapper)
 
 
 def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
@@ -140,6 +147,8 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
               f"(anchor_keep {cfg.anchor_keep}; mean return of all {episodes['mean_reward']:.1f})"
               + ("; none kept, so no anchor" if len(states) == 0 else ""))
     model.subtract_log_std(settings.log_std_subtract)
+    if cfg.deterministic_restarts > 0:
+        attach_policy(model.env, model.policy)
     return model
 
 
@@ -278,6 +287,7 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     if not evaluator.history or evaluator.history[-1]["timesteps"] != model.num_timesteps:
         evaluator.run_eval()  # the final model is a candidate too
     eval_env.close()
+    restarts = restart_counts(model.env) if cfg.deterministic_restarts > 0 else None
     model.env.close()
     seconds = {**stage_times.seconds, "periodic_evaluation": evaluator.seconds,
                "critic_warmup": model.warmup_stats.get("warmup/seconds", 0.0),
@@ -286,7 +296,8 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                           timesteps=int(model.num_timesteps), interrupted=interrupted,
                           final_eval=evaluator.history[-1], best_eval=keeper.best,
                           evaluations=evaluator.history, warmup=dict(model.warmup_stats),
-                          save_error=save_error, bc_file=Path(bc_checkpoint))
+                          save_error=save_error, bc_file=Path(bc_checkpoint),
+                          restarts=restarts)
     if cfg.confirm_episodes > 0 and result.best_source != "bc" and not interrupted:
         clock = time.perf_counter()
         result.confirmation = confirm_best(keeper.path, result.bc_file, cfg, settings.seed,

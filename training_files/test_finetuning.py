@@ -515,3 +515,99 @@ class BestModelKeeperTest(IsolatedTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DeterministicRestartsTest(IsolatedTestCase):
+    """Training episodes that start where the deterministic policy walked (policy_restarts)."""
+
+    @staticmethod
+    def _walked_to(model, seed: int, k: int, limit: int):
+        """The observation after k deterministic steps from reset(seed), in a plain env."""
+        import gymnasium as gym
+
+        env = gym.make(ENV_ID, max_episode_steps=limit)
+        obs, _ = env.reset(seed=seed)
+        for _ in range(k):
+            obs, _, terminated, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
+            assert not (terminated or truncated)
+        env.close()
+        return obs
+
+    def test_an_episode_starts_where_the_deterministic_policy_walked_and_keeps_its_time_limit(self):
+        import gymnasium as gym
+
+        from policy_restarts import DeterministicRestarts
+
+        model, limit = tiny_ppo(), 60  # this policy stands for ~100 steps: prefixes succeed
+        env = DeterministicRestarts(gym.make(ENV_ID, max_episode_steps=limit), 1.0)
+        obs, _ = env.reset(seed=0)
+        self.assertEqual(env.last_prefix, 0)  # no policy yet: a plain reset
+        env.policy = model.policy
+        for seed in range(4):
+            before = env.prefix_steps
+            obs, _ = env.reset(seed=seed)
+            k = env.last_prefix
+            self.assertTrue(0 < k < limit)
+            self.assertEqual(env.prefix_steps - before, k)  # walked once, not trained on
+            np.testing.assert_allclose(obs, self._walked_to(model, seed, k, limit))
+            steps, done = 0, False
+            while not done:  # the time limit counts the prefix
+                obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                steps, done = steps + 1, terminated or truncated
+            if not terminated:
+                self.assertEqual(k + steps, limit)
+        self.assertEqual(env.restarts, 4)
+        env.close()
+
+    def test_a_prefix_that_falls_is_walked_again_short_of_the_fall(self):
+        import gymnasium as gym
+
+        from policy_restarts import DeterministicRestarts
+
+        model = tiny_ppo()  # falls after ~100-115 steps, long before the 1000-step limit
+        env = DeterministicRestarts(gym.make(ENV_ID), 0.5)
+        env.policy = model.policy
+        retried = plain = 0
+        for seed in range(12):
+            before = env.prefix_steps
+            env.reset(seed=seed)
+            walked, k = env.prefix_steps - before, env.last_prefix
+            if walked == 0:
+                plain += 1
+            elif walked > k:  # a first attempt fell, then a shorter prefix (or none)
+                retried += 1
+                self.assertLess(k, walked - k)
+        self.assertTrue(0 < plain < 12 and retried > 0, (plain, retried))
+
+    def test_training_with_restarts_is_on_policy_and_deterministic_for_a_seed(self):
+        from policy_restarts import attach_policy, restart_counts, restart_wrapper
+
+        def run():
+            env = make_vec_env(ENV_ID, n_envs=2, seed=4, wrapper_class=restart_wrapper(1.0))
+            model = make_hybrid(env, n_steps=64, batch_size=32, n_epochs=2, seed=4,
+                                offline_data=stochastic_data(), segment_length=16,
+                                policy_kwargs=tiny_policy_kwargs(), learning_rate=3e-3)
+            attach_policy(env, model.policy)
+            model.set_logger(configure(str(self.work / "restarts"), ["csv"]))
+            model.learn(256)
+            counts = restart_counts(env)
+            env.close()
+            return model, counts
+
+        (first, counts), (second, again) = run(), run()
+        self.assertGreater(counts["episodes"], 0)
+        self.assertGreater(counts["env_steps"], counts["episodes"])
+        self.assertEqual(first.num_timesteps, 256)  # prefixes are not online samples
+        self.assertEqual(counts, again)
+        self.assertTrue(params_equal(first, second))
+
+    def test_subproc_envs_are_refused_in_one_line(self):
+        from errors import PipelineError
+        from hparams import HybridConfig
+        from hybrid_training import make_train_env
+
+        cfg = HybridConfig(env_id=ENV_ID, policy={"net_arch": {"pi": [16], "vf": [16]}},
+                           total_timesteps=64, n_envs=2, vec_env="subproc",
+                           deterministic_restarts=0.5)
+        with self.assertRaisesRegex(PipelineError, "deterministic_restarts needs vec_env dummy"):
+            make_train_env(cfg, 0, "cpu")

@@ -345,6 +345,11 @@ def run_pipeline(args, entry: dict, on_eval=None) -> dict:
                  hybrid_timesteps=result.timesteps, final_eval=result.final_eval,
                  best_eval=result.best_eval, warmup=result.warmup, evaluations=result.evaluations)
     seconds.update(result.seconds)
+    if result.restarts is not None:
+        entry["restarts"] = result.restarts
+        print(f"Deterministic restarts: {result.restarts['episodes']} episodes started where the "
+              f"deterministic policy had walked, {result.restarts['env_steps']} env steps of "
+              f"prefixes on top of the {result.timesteps} online steps")
     if result.save_error:
         entry["hybrid_save_error"] = result.save_error
         raise PipelineError(result.save_error)
