@@ -80,6 +80,8 @@ def per_run(r: dict) -> dict:
             "result_source": r["result"]["source"],
             "gate_delta": float(score(gate) - bc) if gate else float("nan"),
             "gate_kept": bool(gate and gate["note"].endswith("kept")),
+            "prefix_steps": (r.get("restarts") or {}).get("env_steps"),
+            "online_steps": curve[-1]["timesteps"],
             "warmup_ev": r["warmup"].get("warmup/explained_variance"),
             "warmup_rmse_frac": r["warmup"].get("warmup/rmse_fraction_of_mean"),
             "wall_min": r["wall_time_s"] / 60}
@@ -184,6 +186,13 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
                           f"min {deltas.min():+.1f}, max {deltas.max():+.1f}")
         if any(not np.isnan(r["gate_delta"]) for rs in rows.values() for r in rs):
             md.append("")
+        for v, rs in sorted(rows.items()):  # deterministic restarts: env steps the prefixes took
+            extra = np.array([r["prefix_steps"] for r in rs if r["prefix_steps"] is not None])
+            if len(extra):
+                online = np.mean([r["online_steps"] for r in rs])
+                md += [f"- {v}: the deterministic prefixes took {extra.mean():,.0f} env steps per run "
+                       f"(min {extra.min():,}, max {extra.max():,}) on top of {online:,.0f} online "
+                       f"steps: {100 * extra.mean() / online:.0f}% more env interaction", ""]
         if (ends := episode_ends(variants)) is not None:
             md += [ends, ""]
         pairs = [(v, "bc_ppo") for v in rows if v != "bc_ppo" and "bc_ppo" in rows]

@@ -40,6 +40,8 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-restarts         deterministic_restarts 0.5: half the training episodes start where
                           the current deterministic policy walked for a random number of steps
                           (the evaluated policy's states; the prefix's env steps are reported)
+  hybrid-restarts_matched the same at the same env interaction as hybrid: run with --timesteps
+                          131072, the prefixes adding ~65k env steps (~53% of the online steps)
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
                           walker2d, a variant on ant and humanoid, whose entries keep signed ones
 Signed ablations:
@@ -114,6 +116,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-offline_critic_only": {"hparams": {"offline_advantages": "none"}},
     "hybrid-policy_average": {"hparams": {"policy_average_steps": 10000}},
     "hybrid-restarts": {"hparams": {"deterministic_restarts": 0.5}},
+    "hybrid-restarts_matched": {"hparams": {"deterministic_restarts": 0.5}},  # --timesteps 131072
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},

@@ -41,6 +41,11 @@ phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-start_anchor_1
 # an exponential moving average of the actor's weights as the evaluated and handed-over policy
 phase --datasets expert-v0 --seeds $(seq 0 9) --variants hybrid-policy_average
 phase --datasets medium-v0 --seeds $(seq 0 24) --variants hybrid-policy_average
+# training episodes started where the current deterministic policy walked (deterministic_restarts
+# 0.5): screened on medium seeds 15-24 (the late collapses), then the unselected seeds and expert
+phase --datasets medium-v0 --seeds $(seq 15 24) --variants hybrid-restarts
+phase --datasets medium-v0 --seeds $(seq 0 9) --variants hybrid-restarts
+phase --datasets expert-v0 --seeds 0 1 2 3 4 --variants hybrid-restarts
 # 4. ablations of the signed method (measured while it was the default)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid-log_std_decay_0 \
   bc_ppo-log_std_decay_0 hybrid-log_std_subtract_1
