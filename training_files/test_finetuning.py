@@ -10,7 +10,10 @@
   start with a decaying weight, on the update's states or on fixed ones (the states the
   start policy visits, which evaluate_policy's callback collects); and a reverted
   improvement continues as the run without it; the averaged actor is the documented EMA, is
-  what evaluations and saves see, and leaves training unchanged; the best-model keeper never
+  what evaluations and saves see, and leaves training unchanged; deterministic restarts start
+  an episode exactly where the deterministic policy walked, within the same time limit, walk
+  again short of a fall, keep training deterministic for a seed and refuse subproc envs; the
+  best-model keeper never
   hands over a model measured worse than the start, and a best model that loses to BC on the
   confirmation episodes is not handed over.
 """
@@ -513,9 +516,6 @@ class BestModelKeeperTest(IsolatedTestCase):
         self.assertEqual(final_best.handed_over, self.work / "run.zip")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class DeterministicRestartsTest(IsolatedTestCase):
     """Training episodes that start where the deterministic policy walked (policy_restarts)."""
@@ -543,6 +543,7 @@ class DeterministicRestartsTest(IsolatedTestCase):
         obs, _ = env.reset(seed=0)
         self.assertEqual(env.last_prefix, 0)  # no policy yet: a plain reset
         env.policy = model.policy
+        timed_out = 0
         for seed in range(4):
             before = env.prefix_steps
             obs, _ = env.reset(seed=seed)
@@ -552,11 +553,14 @@ class DeterministicRestartsTest(IsolatedTestCase):
             np.testing.assert_allclose(obs, self._walked_to(model, seed, k, limit))
             steps, done = 0, False
             while not done:  # the time limit counts the prefix
-                obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                action, _ = model.predict(obs, deterministic=True)  # stands past the limit
+                obs, _, terminated, truncated, _ = env.step(action)
                 steps, done = steps + 1, terminated or truncated
             if not terminated:
                 self.assertEqual(k + steps, limit)
+                timed_out += 1
         self.assertEqual(env.restarts, 4)
+        self.assertGreater(timed_out, 0)
         env.close()
 
     def test_a_prefix_that_falls_is_walked_again_short_of_the_fall(self):
@@ -611,3 +615,7 @@ class DeterministicRestartsTest(IsolatedTestCase):
                            deterministic_restarts=0.5)
         with self.assertRaisesRegex(PipelineError, "deterministic_restarts needs vec_env dummy"):
             make_train_env(cfg, 0, "cpu")
+
+
+if __name__ == "__main__":
+    unittest.main()
