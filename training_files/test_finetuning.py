@@ -24,6 +24,7 @@ import math
 import unittest
 import warnings
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
@@ -32,10 +33,13 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+from errors import PipelineError
 from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET,
                         visited_states)
-from hybrid_training import BestModelKeeper, HybridResult, confirm_best
+from hparams import HybridConfig
+from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
 from offline_batch import normalise_per_source
+from policy_restarts import DeterministicRestarts, attach_policy, restart_counts, restart_wrapper
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
                              setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs,
                              with_fields)
@@ -50,8 +54,6 @@ def tiny_ppo(seed: int = 0) -> PPO:
 
 def one_episode(model, seed: int, **env_kwargs) -> tuple[list, float]:
     """One deterministic episode in one env alone: the observations acted on, and the return."""
-    import gymnasium as gym
-
     env = Monitor(gym.make(ENV_ID, **env_kwargs))
     obs, _ = env.reset(seed=seed)
     observations, total, done = [], 0.0, False
@@ -520,24 +522,7 @@ class BestModelKeeperTest(IsolatedTestCase):
 class DeterministicRestartsTest(IsolatedTestCase):
     """Training episodes that start where the deterministic policy walked (policy_restarts)."""
 
-    @staticmethod
-    def _walked_to(model, seed: int, k: int, limit: int):
-        """The observation after k deterministic steps from reset(seed), in a plain env."""
-        import gymnasium as gym
-
-        env = gym.make(ENV_ID, max_episode_steps=limit)
-        obs, _ = env.reset(seed=seed)
-        for _ in range(k):
-            obs, _, terminated, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
-            assert not (terminated or truncated)
-        env.close()
-        return obs
-
     def test_an_episode_starts_where_the_deterministic_policy_walked_and_keeps_its_time_limit(self):
-        import gymnasium as gym
-
-        from policy_restarts import DeterministicRestarts
-
         model, limit = tiny_ppo(), 60  # this policy stands for ~100 steps: prefixes succeed
         env = DeterministicRestarts(gym.make(ENV_ID, max_episode_steps=limit), 1.0)
         obs, _ = env.reset(seed=0)
@@ -550,7 +535,8 @@ class DeterministicRestartsTest(IsolatedTestCase):
             k = env.last_prefix
             self.assertTrue(0 < k < limit)
             self.assertEqual(env.prefix_steps - before, k)  # walked once, not trained on
-            np.testing.assert_allclose(obs, self._walked_to(model, seed, k, limit))
+            walked = one_episode(model, seed, max_episode_steps=limit)[0]  # a plain env
+            np.testing.assert_allclose(obs, walked[k])
             steps, done = 0, False
             while not done:  # the time limit counts the prefix
                 action, _ = model.predict(obs, deterministic=True)  # stands past the limit
@@ -564,10 +550,6 @@ class DeterministicRestartsTest(IsolatedTestCase):
         env.close()
 
     def test_a_prefix_that_falls_is_walked_again_short_of_the_fall(self):
-        import gymnasium as gym
-
-        from policy_restarts import DeterministicRestarts
-
         model = tiny_ppo()  # falls after ~100-115 steps, long before the 1000-step limit
         env = DeterministicRestarts(gym.make(ENV_ID), 0.5)
         env.policy = model.policy
@@ -584,8 +566,6 @@ class DeterministicRestartsTest(IsolatedTestCase):
         self.assertTrue(0 < plain < 12 and retried > 0, (plain, retried))
 
     def test_training_with_restarts_is_on_policy_and_deterministic_for_a_seed(self):
-        from policy_restarts import attach_policy, restart_counts, restart_wrapper
-
         def run():
             env = make_vec_env(ENV_ID, n_envs=2, seed=4, wrapper_class=restart_wrapper(1.0))
             model = make_hybrid(env, n_steps=64, batch_size=32, n_epochs=2, seed=4,
@@ -606,10 +586,6 @@ class DeterministicRestartsTest(IsolatedTestCase):
         self.assertTrue(params_equal(first, second))
 
     def test_subproc_envs_are_refused_in_one_line(self):
-        from errors import PipelineError
-        from hparams import HybridConfig
-        from hybrid_training import make_train_env
-
         cfg = HybridConfig(env_id=ENV_ID, policy={"net_arch": {"pi": [16], "vf": [16]}},
                            total_timesteps=64, n_envs=2, vec_env="subproc",
                            deterministic_restarts=0.5)
