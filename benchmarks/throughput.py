@@ -1,9 +1,10 @@
 """Throughput, measured side by side in one process (these machines are noisy).
 
 1. Online env steps per second of HybridPPO at mix_ratio 0.5 with the hparam entry's vectorised
-   rollouts (8 envs x 256 steps) against the former single env (1 x 2048, same samples per
-   update) and against plain SB3 PPO with the same settings, in turn; the update's time per
-   sample, HybridPPO's (online + offline) over PPO's (target <= 1.1x).
+   rollouts (8 envs x 256 steps) and its update on two threads (critic_thread.py) against the
+   former single env and one-thread update (1 x 2048, same samples per update), against the
+   same without the critic thread, and against plain SB3 PPO with the same settings, in turn;
+   the update's time per sample, HybridPPO's (online + offline) over PPO's (target <= 1.1x).
 2. BC samples per second of bc.train_bc's inner loop against a bare torch loop (same network
    sizes, same tensors, same batch): target >= 0.9x.
 Writes benchmarks/results/throughput.json.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -46,13 +48,16 @@ class Timers:
 
 
 def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
-    """Online steps/s of three set-ups, run in turn (A B C A B C ...), same samples per update.
+    """Online steps/s of several set-ups, run in turn (A B C A B C ...), same samples per update.
 
-    hybrid_1env: HybridPPO mix 0.5 with the former default, 1 env x 2048 steps per update;
-    hybrid: HybridPPO mix 0.5 with the hparam entry's n_envs x n_steps (8 x 256);
-    ppo: plain SB3 PPO with the entry's settings; hybrid_2threads: hybrid with two torch
-    threads instead of one (--torch_threads 2). The update's cost per sample is compared
-    between ppo and hybrid (whose updates hold online + offline samples).
+    hybrid_1env: HybridPPO mix 0.5 as it ran before this work, 1 env x 2048 steps per update,
+    the update in one thread; the others use the hparam entry's n_envs x n_steps (8 x 256):
+    hybrid_parallel_update (the critic's half of each minibatch in its own thread:
+    critic_thread.py), hybrid_serial_update (the update in one thread),
+    hybrid_serial_update_2threads (that with two torch threads, --torch_threads 2), ppo (plain
+    SB3 PPO with the entry's settings). `hybrid` in the results is the set-up the entry names.
+    The update's cost per sample is compared between ppo and hybrid (whose updates hold online
+    + offline samples).
     """
     from stable_baselines3 import PPO
 
@@ -61,9 +66,14 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
     from hybrid_training import make_train_env
     from normalized_policy import obs_normalizer
 
-    one_env = cfg.model_copy(update={"n_envs": 1, "n_steps": cfg.n_steps * cfg.n_envs})
-    setups = {"hybrid_1env": (HybridPPO, one_env), "hybrid": (HybridPPO, cfg), "ppo": (PPO, cfg),
-              "hybrid_2threads": (HybridPPO, cfg)}
+    one_env = cfg.model_copy(update={"n_envs": 1, "n_steps": cfg.n_steps * cfg.n_envs,
+                                     "vec_env": "dummy", "parallel_update": False})
+    variants = {"parallel_update": {"parallel_update": True},
+                "serial_update": {"parallel_update": False}}
+    setups = {"hybrid_1env": (HybridPPO, one_env), "ppo": (PPO, cfg),
+              **{f"hybrid_{k}": (HybridPPO, cfg.model_copy(update=v)) for k, v in variants.items()},
+              "hybrid_serial_update_2threads": (HybridPPO, cfg.model_copy(
+                  update=variants["serial_update"]))}
     times = {k: [] for k in setups}
     parts: dict = {}
     samples_per_update = {}
@@ -80,7 +90,8 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
             else:
                 model = bc.build_model(c, env, "cpu", 0, model_class=HybridPPO, **common,
                                        mix_ratio=0.5, bc_coeff=0.005,
-                                       segment_length=c.segment_length)
+                                       segment_length=c.segment_length,
+                                       parallel_update=c.parallel_update)
                 model.set_offline_data(data)
             obs_normalizer(model.policy).set_statistics(data.observations.mean(0), data.observations.std(0))
             online = c.n_steps * c.n_envs
@@ -99,12 +110,15 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
                 1000 * timers.seconds["train"] / (updates * samples_per_update[kind]))
             env.close()
     torch.set_num_threads(1)
+    entry = "hybrid_parallel_update" if cfg.parallel_update else "hybrid_serial_update"
+    times["hybrid"], parts["hybrid"] = times[entry], parts[entry]
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"online_steps_per_run": steps, "repeats": repeats,
-            "samples_per_update": samples_per_update,
+            "samples_per_update": samples_per_update, "cpus": len(os.sched_getaffinity(0)),
             "steps_per_s": {k: 1 / v for k, v in med.items()},
             "hybrid_speedup_over_1env": med["hybrid_1env"] / med["hybrid"],
-            "hybrid_2threads_speedup_over_1env": med["hybrid_1env"] / med["hybrid_2threads"],
+            "hybrid_is": entry,
+            "speedup_over_1env": {k: med["hybrid_1env"] / v for k, v in med.items()},
             "hybrid_over_ppo_time_per_online_step": med["hybrid"] / med["ppo"],
             "hybrid_over_ppo_update_time_per_sample": (
                 float(np.median(parts["hybrid"]["update_ms_per_sample"]))

@@ -29,6 +29,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
+from critic_thread import CriticThread, can_split
 from critic_warmup import warm_up_critic
 from hparams import OODConfig
 from offline_batch import OfflineBuffer, UpdateSamples, normalise_per_source
@@ -89,6 +90,8 @@ class HybridPPO(PPO):
         of the actor's weights (`policy_average.py`), started when the actor first moves; inside
         `evaluated_actor()` the policy carries it, so evaluations, the best model and the saved
         model are the average while rollouts come from the policy being trained. 0: off.
+    :param parallel_update: the critic's forward and backward of each minibatch run in a second
+        thread beside the actor's (`critic_thread.py`): the same update, on two cores.
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -102,7 +105,7 @@ class HybridPPO(PPO):
                  offline_policy_updates: int = 0,
                  log_std_min: float | None = None, log_std_decay: float = 0.0,
                  anchor_coeff: float = 0.0, anchor_decay: float = 1.0,
-                 policy_average_steps: int = 0, **kwargs):
+                 policy_average_steps: int = 0, parallel_update: bool = True, **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
         self.mix_ratio = mix_ratio
@@ -124,6 +127,8 @@ class HybridPPO(PPO):
         self.anchor_states: np.ndarray | None = None  # None: the anchor holds on update states
         self.policy_average_steps = policy_average_steps
         self._actor_average: ActorAverage | None = None  # made when the actor first moves
+        self.parallel_update = parallel_update
+        self._critic: CriticThread | None = None  # made at the first update
         self.warmed_up = False
         self.warmup_stats: dict = {}
         self.policy_updates = 0  # train() calls, for bc_decay and the critic-only phase
@@ -137,7 +142,14 @@ class HybridPPO(PPO):
         # The dataset and the behaviour policy are inputs, not model state: keep zips small.
         # The pre-improvement copy (for the gate's revert) is a second policy: not saved either.
         return super()._excluded_save_params() + ["offline", "_before_improvement", "_anchor",
-                                                   "anchor_states", "_actor_average"]
+                                                   "anchor_states", "_actor_average", "_critic"]
+
+    def _critic_thread(self) -> CriticThread | None:
+        """The critic's half of each minibatch runs in this thread (critic_thread.py), or None:
+        parallel_update off, or a trainable parameter shared by actor and critic."""
+        if self._critic is None and self.parallel_update and can_split(self.policy):
+            self._critic = CriticThread()
+        return self._critic
 
     @property
     def offline_data(self) -> OfflineData | None:
@@ -329,6 +341,7 @@ class HybridPPO(PPO):
         n_total = len(batch.actions)
         minibatch = max(1, int(round(self.batch_size * n_total / (self.n_steps * self.n_envs))))
 
+        critic = self._critic_thread()
         entropy_losses, pg_losses, value_losses, bc_losses, clip_fractions = [], [], [], [], []
         anchor_losses = []
         approx_kl_divs = []
@@ -341,8 +354,17 @@ class HybridPPO(PPO):
                 actions = batch.actions[mb]
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = actions.long().flatten()
-                values, log_prob, entropy = self.policy.evaluate_actions(batch.observations[mb], actions)
-                values = values.flatten()
+                self.policy.optimizer.zero_grad()
+                if critic is not None:  # the value loss's forward and backward, beside the actor's
+                    value_job = critic.submit(
+                        self.policy, batch.observations[mb], batch.returns[mb], self.vf_coef,
+                        batch.old_values[mb], None if self.clip_range_vf is None else clip_range_vf)
+                    distribution = self.policy.get_distribution(batch.observations[mb])
+                    log_prob, entropy = distribution.log_prob(actions), distribution.entropy()
+                else:
+                    values, log_prob, entropy = self.policy.evaluate_actions(batch.observations[mb],
+                                                                             actions)
+                    values = values.flatten()
                 offline_mb, weights = is_offline[mb], batch.weights[mb]
                 advantages = batch.advantages[mb]
                 if self.offline_advantages == "positive":  # by the raw sign, before any centring
@@ -361,21 +383,25 @@ class HybridPPO(PPO):
                 pg_losses.append(policy_loss.item())
                 clip_fractions.append(torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
 
-                if self.clip_range_vf is None:
-                    values_pred = values
+                if critic is not None:
+                    value_term = 0.0  # the critic thread adds its gradient; joined after backward
                 else:
-                    old_values = batch.old_values[mb]
-                    values_pred = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
-                value_loss = F.mse_loss(batch.returns[mb], values_pred)
-                value_losses.append(value_loss.item())
+                    if self.clip_range_vf is None:
+                        values_pred = values
+                    else:
+                        old_values = batch.old_values[mb]
+                        values_pred = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+                    value_loss = F.mse_loss(batch.returns[mb], values_pred)
+                    value_losses.append(value_loss.item())
+                    value_term = self.vf_coef * value_loss
 
                 entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
                 entropy_losses.append(entropy_loss.item())
 
                 if critic_only:
-                    loss = self.vf_coef * value_loss  # actor gets no gradient: Adam skips it
+                    loss = value_term  # actor gets no gradient: Adam skips it
                 else:
-                    loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                    loss = policy_loss + self.ent_coef * entropy_loss + value_term
                     if bc_coeff > 0 and bool(offline_mb.any()):
                         bc_loss = -(weights[offline_mb] * log_prob[offline_mb]).mean()
                         bc_losses.append(bc_loss.item())
@@ -395,14 +421,19 @@ class HybridPPO(PPO):
                     log_ratio = log_prob - batch.old_log_prob[mb]
                     approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
                     approx_kl_divs.append(approx_kl_div)
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                stop = self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl
+                if not stop and torch.is_tensor(loss) and loss.requires_grad:
+                    loss.backward()  # (with the critic thread, in the critic-only updates: nothing)
+                if critic is not None:  # its backward has overlapped the actor's
+                    value_loss = value_job.result()
+                    value_losses.append(value_loss.item())
+                    loss = loss + self.vf_coef * value_loss  # the whole loss, for the log
+                if stop:
                     continue_training = False
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
 
-                self.policy.optimizer.zero_grad()
-                loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
                 self._floor_log_std()

@@ -32,9 +32,11 @@ from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 from stable_baselines3.common.save_util import load_from_zip_file  # noqa: E402
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa: E402
 from stable_baselines3.common.utils import explained_variance  # noqa: E402
 
 from hparams import PolicyConfig, load_hparams  # noqa: E402
+from critic_thread import can_split  # noqa: E402
 from critic_warmup import discounted_returns  # noqa: E402
 from hybrid_ppo import HybridPPO  # noqa: E402
 from offline_batch import ood_weights  # noqa: E402
@@ -179,6 +181,7 @@ class PlainPPOEquivalenceTest(IsolatedTestCase):
         hybrid = self._hybrid_mix0()
         self.assertEqual(plain._n_updates, 4)  # 2 updates x 2 epochs: the loop really ran
         self.assertEqual(hybrid._n_updates, plain._n_updates)
+        self.assertIsNotNone(hybrid._critic)  # the critic's half ran in its own thread
         self.assertTrue(params_equal(plain, hybrid))
         untrained = PPO("MlpPolicy", ENV_ID, seed=7, device="cpu", policy_kwargs={"net_arch": [16]})
         self.assertFalse(params_equal(plain, untrained))  # the comparison can fail
@@ -195,6 +198,43 @@ class PlainPPOEquivalenceTest(IsolatedTestCase):
         hybrid = self._hybrid_mix0(clip_range_vf=0.001)
         self.assertTrue(params_equal(plain, hybrid))
         self.assertFalse(params_equal(plain, self._learn(PPO)))  # the clipping really binds
+
+
+class ParallelUpdateTest(IsolatedTestCase):
+    """The critic's half of each minibatch in a second thread gives the same update."""
+
+    def _learn(self, parallel_update: bool, **kwargs):
+        model = make_hybrid(offline_data=stochastic_data(), mix_ratio=0.5, bc_coeff=0.1,
+                            segment_length=16, critic_only_updates=1, anchor_coeff=1.0,
+                            seed=5, parallel_update=parallel_update, **kwargs)
+        model.learn(192)  # 3 updates: one critic-only, two with the actor, BC term and anchor
+        return model
+
+    def test_same_parameters_with_and_without_the_critic_thread(self):
+        threaded, joint = self._learn(True), self._learn(False)
+        self.assertIsNotNone(threaded._critic)
+        self.assertIsNone(joint._critic)
+        self.assertTrue(params_equal(threaded, joint))
+        self.assertFalse(params_equal(threaded, make_hybrid(seed=5)))  # training moved it
+
+    def test_a_trainable_shared_extractor_keeps_the_joint_update(self):
+        shared = {"net_arch": {"pi": [16], "vf": [16]},
+                  "features_extractor_class": TrainableExtractor}
+        model = self._learn(True, policy_kwargs=shared)
+        self.assertFalse(can_split(model.policy))
+        self.assertIsNone(model._critic)
+        self.assertTrue(can_split(make_hybrid().policy))
+
+
+class TrainableExtractor(BaseFeaturesExtractor):
+    """A features extractor with weights: shared by actor and critic under SB3's default."""
+
+    def __init__(self, observation_space, features_dim: int = 8):
+        super().__init__(observation_space, features_dim)
+        self.linear = torch.nn.Linear(observation_space.shape[0], features_dim)
+
+    def forward(self, observations):
+        return torch.tanh(self.linear(observations))
 
 
 class OfflineMixingTest(IsolatedTestCase):
