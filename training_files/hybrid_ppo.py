@@ -410,8 +410,8 @@ class HybridPPO(PPO):
                         if self._anchor.states is not None:  # a batch_size draw of them
                             anchor_loss = self._anchor.penalty_on_states(self.policy, self.batch_size)
                         else:
-                            # evaluate_actions left this minibatch's distribution in action_dist
-                            # (SB3's proba_distribution returns and keeps `self`).
+                            # get_distribution/evaluate_actions left this minibatch's distribution
+                            # in action_dist (SB3's proba_distribution returns and keeps `self`).
                             means = self.policy.action_dist.distribution.mean
                             anchor_loss = self._anchor.penalty(means, start_means[mb])
                         anchor_losses.append(anchor_loss.item())
