@@ -80,7 +80,8 @@ class HybridConfig(EnvConfig):
     """dummy: all envs step in this process (SB3's DummyVecEnv); subproc: one process per env."""
     parallel_update: bool = True
     """The critic's forward and backward of each minibatch run in a second thread beside the
-    actor's (critic_thread.py): the same update bit for bit, on two cores. false: one thread."""
+    actor's (critic_thread.py): the same update bit for bit, on two CPU cores (CPU only).
+    false: one thread."""
     n_steps: int = Field(2048, gt=1)
     batch_size: int = Field(64, gt=1)
     n_epochs: int = Field(10, gt=0)

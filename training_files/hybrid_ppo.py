@@ -91,7 +91,7 @@ class HybridPPO(PPO):
         `evaluated_actor()` the policy carries it, so evaluations, the best model and the saved
         model are the average while rollouts come from the policy being trained. 0: off.
     :param parallel_update: the critic's forward and backward of each minibatch run in a second
-        thread beside the actor's (`critic_thread.py`): the same update, on two cores.
+        thread beside the actor's (`critic_thread.py`): the same update, on two CPU cores.
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -146,8 +146,10 @@ class HybridPPO(PPO):
 
     def _critic_thread(self) -> CriticThread | None:
         """The critic's half of each minibatch runs in this thread (critic_thread.py), or None:
-        parallel_update off, or a trainable parameter shared by actor and critic."""
-        if self._critic is None and self.parallel_update and can_split(self.policy):
+        parallel_update off, a GPU (its kernels already run beside Python), or a trainable
+        parameter shared by actor and critic."""
+        if (self._critic is None and self.parallel_update and self.device.type == "cpu"
+                and can_split(self.policy)):
             self._critic = CriticThread()
         return self._critic
 
