@@ -70,5 +70,5 @@ for w in 0 1; do python benchmarks/confirmation.py --variants hybrid bc_ppo --wo
 wait
 # 7. diagnostic: do the late falls follow the schedules? Both methods stretched to 300k steps
 # (own results file and runs directory: the 200k records stay apart)
-phase --datasets medium-v0 --seeds 0 1 2 3 4 --variants hybrid bc_ppo --timesteps 300000 \
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid bc_ppo --timesteps 300000 \
   --results benchmarks/results/finetune_300k.jsonl --runs_dir benchmarks/runs/finetune_300k
