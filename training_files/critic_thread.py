@@ -49,8 +49,14 @@ class CriticThread:
     @staticmethod
     def _value_loss(policy, observations, returns, vf_coef, old_values, clip_range_vf):
         values = policy.predict_values(observations).flatten()
-        if clip_range_vf is not None:  # SB3's clipped value prediction
-            values = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
-        value_loss = F.mse_loss(returns, values)
-        (vf_coef * value_loss).backward()
-        return value_loss.detach()
+        loss = ppo_value_loss(values, returns, old_values, clip_range_vf)
+        (vf_coef * loss).backward()
+        return loss.detach()
+
+
+def ppo_value_loss(values, returns, old_values, clip_range_vf: float | None):
+    """SB3's PPO value loss: MSE to the returns, of the prediction clipped around old_values
+    when clip_range_vf is set. One formula for the joint update and the critic thread."""
+    if clip_range_vf is not None:
+        values = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+    return F.mse_loss(returns, values)

@@ -27,9 +27,8 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.utils import explained_variance
-from torch.nn import functional as F
 
-from critic_thread import CriticThread, can_split
+from critic_thread import CriticThread, can_split, ppo_value_loss
 from critic_warmup import warm_up_critic
 from hparams import OODConfig
 from offline_batch import OfflineBuffer, UpdateSamples, normalise_per_source
@@ -388,12 +387,9 @@ class HybridPPO(PPO):
                 if critic is not None:
                     value_term = 0.0  # the critic thread adds its gradient; joined after backward
                 else:
-                    if self.clip_range_vf is None:
-                        values_pred = values
-                    else:
-                        old_values = batch.old_values[mb]
-                        values_pred = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
-                    value_loss = F.mse_loss(batch.returns[mb], values_pred)
+                    value_loss = ppo_value_loss(
+                        values, batch.returns[mb], batch.old_values[mb],
+                        None if self.clip_range_vf is None else clip_range_vf)
                     value_losses.append(value_loss.item())
                     value_term = self.vf_coef * value_loss
 
