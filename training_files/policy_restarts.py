@@ -4,8 +4,9 @@ Why: on walker2d medium data, HybridPPO's late collapses are the mean action's a
 "What still goes wrong"). On the three late-collapse seeds most of the final models'
 deterministic episodes fall after 317-543 steps, while the same models sampling with their
 own noise (std 0.11) walk. PPO improves the policy on the states its noisy rollouts visit,
-and those rollouts leave the deterministic trajectory within a few steps, so the states the evaluated policy
-reaches after a few hundred steps, where it falls, are ones no update looked at.
+and those rollouts leave the deterministic trajectory within a few steps, so the states the
+evaluated policy reaches after a few hundred steps, where it falls, are ones no update looked
+at.
 
 A policy gradient is valid for any start-state distribution: it then improves the policy
 from those starts. Starting a fraction of the training episodes at a state the current
