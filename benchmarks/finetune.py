@@ -117,6 +117,9 @@ VARIANTS: dict[str, dict] = {
     "hybrid-policy_average": {"hparams": {"policy_average_steps": 10000}},
     "hybrid-restarts": {"hparams": {"deterministic_restarts": 0.5}},
     "hybrid-restarts_matched": {"hparams": {"deterministic_restarts": 0.5}},  # --timesteps 131072
+    # Uni-O4's walker2d online PPO step sizes (actor lr 3e-5, clip 0.05; Lei et al. 2024, their
+    # published configs): smaller policy steps, against the falls that come with training
+    "hybrid-small_steps": {"hparams": {"learning_rate": 3e-5, "clip_range": 0.05}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},

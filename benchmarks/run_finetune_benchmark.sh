@@ -72,3 +72,5 @@ wait
 # (own results file and runs directory: the 200k records stay apart)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid bc_ppo --timesteps 300000 \
   --results benchmarks/results/finetune_300k.jsonl --runs_dir benchmarks/runs/finetune_300k
+# 8. smaller policy steps (Uni-O4's lr 3e-5, clip 0.05): fewer falls, and at what cost?
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-small_steps

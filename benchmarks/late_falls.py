@@ -1,0 +1,101 @@
+"""Do the late falls follow the schedules or the amount of training? (README, "Longer runs")
+
+Compares the medium-v0 runs at 300k steps (`finetune_300k.jsonl`, learning-rate and noise
+schedules stretched over 300k) with the same (variant, seed) pairs at 200k (`finetune.jsonl`).
+A run's fall is the largest drop of an evaluation below the running best after 50k steps.
+
+Counting falls over whole runs favours the longer ones: a 300k run has 30 evaluations to fall
+in, a 200k run 20. So the comparison that answers the question is made over the same steps,
+0-200k: there the stretched runs still have half their learning rate and more noise left, so if
+the falls came with the schedules' end phase, they would fall less there.
+
+  python benchmarks/late_falls.py   # -> benchmarks/results/late_falls.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+AFTER = 50_000  # falls counted after the early phase (the early-dip rule covers 0-50k)
+SHORT = 200_000  # both kinds of run evaluate at every 10k up to here: equal counts
+
+
+def curves(path: Path, dataset: str = "medium-v0") -> dict[tuple[str, int], list[dict]]:
+    """(variant, seed) -> periodic evaluations (the last record of each pair wins)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        run = json.loads(line)
+        if run["dataset"] == dataset:
+            out[(run["variant"], run["seed"])] = run["curve"]
+    return out
+
+
+def largest_fall(curve: list[dict], until: int | None = None) -> tuple[float, int | None]:
+    """Largest drop below the running best after AFTER steps (up to `until`), and its step."""
+    best, fall = -np.inf, (0.0, None)
+    for point in curve:
+        step, score = point["timesteps"], point["normalized_score"]
+        if until is not None and step > until:
+            break
+        best = max(best, score)
+        if step > AFTER and best - score > fall[0]:
+            fall = (best - score, step)
+    return fall
+
+
+def mean_between(curve: list[dict], low: int, high: int) -> float:
+    return float(np.mean([p["normalized_score"] for p in curve if low <= p["timesteps"] <= high]))
+
+
+def report(long: dict, short: dict, threshold: float) -> list[str]:
+    pairs = sorted(k for k in long if k in short)
+    whole = [largest_fall(long[k]) for k in pairs]
+    upto = [largest_fall(long[k], SHORT) for k in pairs]
+    base = [largest_fall(short[k], SHORT) for k in pairs]
+    n = len(pairs)
+    late = sum(1 for f, s in whole if f > threshold and s > SHORT)
+    lines = [
+        f"# Late falls: 300k against 200k runs, medium-v0, {n} (variant, seed) pairs",
+        "",
+        f"Fall: largest drop below the running best after {AFTER:,} steps; counted if > {threshold:g} points.",
+        "",
+        "| runs, steps counted | falls | mean largest drop |",
+        "|---|---|---|",
+        f"| 300k runs, 0-300k | {sum(f > threshold for f, _ in whole)} of {n} ({late} after 200k) "
+        f"| {np.mean([f for f, _ in whole]):.1f} |",
+        f"| 200k runs, 0-200k | {sum(f > threshold for f, _ in base)} of {n} | {np.mean([f for f, _ in base]):.1f} |",
+        f"| 300k runs, 0-200k only | {sum(f > threshold for f, _ in upto)} of {n} "
+        f"| {np.mean([f for f, _ in upto]):.1f} |",
+        "",
+    ]
+    for low in (100_000, 150_000):
+        a = np.array([mean_between(long[k], low, SHORT) for k in pairs])
+        b = np.array([mean_between(short[k], low, SHORT) for k in pairs])
+        d = a - b
+        lines.append(f"- Mean evaluation over {low // 1000}k-200k: 300k runs {a.mean():.1f}, 200k runs "
+                     f"{b.mean():.1f}; paired difference {d.mean():+.1f} (sd {d.std(ddof=1):.1f}).")
+    lines += ["", "Per pair: largest drop @ step (300k run, whole) | (300k run, 0-200k) | (200k run)", ""]
+    for k, w, u, b in zip(pairs, whole, upto, base):
+        lines.append(f"- {k[0]} seed {k[1]}: {w[0]:.0f} @ {w[1]} | {u[0]:.0f} @ {u[1]} | {b[0]:.0f} @ {b[1]}")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--long", type=Path, default=RESULTS / "finetune_300k.jsonl")
+    p.add_argument("--short", type=Path, default=RESULTS / "finetune.jsonl")
+    p.add_argument("--threshold", type=float, default=20.0)
+    p.add_argument("--out", type=Path, default=RESULTS / "late_falls.md")
+    args = p.parse_args()
+    lines = report(curves(args.long), curves(args.short), args.threshold)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:16]))
+
+
+if __name__ == "__main__":
+    main()
