@@ -74,3 +74,4 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid bc_ppo 
   --results benchmarks/results/finetune_300k.jsonl --runs_dir benchmarks/runs/finetune_300k
 # 8. smaller policy steps (Uni-O4's lr 3e-5, clip 0.05): fewer falls, and at what cost?
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-small_steps
+phase --datasets expert-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-small_steps
