@@ -9,6 +9,9 @@ in, a 200k run 20. So the comparison that answers the question is made over the 
 0-200k: there the stretched runs still have half their learning rate and more noise left, so if
 the falls came with the schedules' end phase, they would fall less there.
 
+And, over the 200k runs of `hybrid` and `bc_ppo`, how often an evaluation has a fall at all, by
+phase of the run: a steady rate shows as a flat row.
+
   python benchmarks/late_falls.py   # -> benchmarks/results/late_falls.md
 """
 
@@ -85,6 +88,26 @@ def report(long: dict, short: dict, threshold: float) -> list[str]:
     return lines
 
 
+def falls_by_phase(runs: Path, variants=("hybrid", "bc_ppo"), dataset: str = "medium-v0",
+                   width: int = 50_000) -> list[str]:
+    """Share of evaluations in which at least one of the episodes ended before the time limit
+    (the walker fell), and the mean episode length, by phase of the 200k runs."""
+    lines = ["", f"Evaluations after step 0 of the 200k runs ({dataset}) with at least one episode ending "
+             "before the time limit, by phase: share (mean episode length)", "",
+             "| variant | seeds | " + " | ".join(f"{i * width // 1000}-{(i + 1) * width // 1000}k"
+                                              for i in range(4)) + " |",
+             "|---|---|" + "---|" * 4]
+    for variant in variants:
+        by_seed = {k: c for k, c in curves(runs, dataset).items() if k[0] == variant}
+        phases: dict[int, list] = {}
+        for curve in by_seed.values():
+            for point in curve[1:]:
+                phases.setdefault(min(point["timesteps"] // width, 3), []).append(point["mean_ep_length"])
+        cells = [f"{np.mean(np.array(v) < 1000):.0%} ({np.mean(v):.0f})" for _, v in sorted(phases.items())]
+        lines.append(f"| {variant} | {len(by_seed)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--long", type=Path, default=RESULTS / "finetune_300k.jsonl")
@@ -93,8 +116,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "late_falls.md")
     args = p.parse_args()
     lines = report(curves(args.long), curves(args.short), args.threshold)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:16]))
+    phases = falls_by_phase(args.short)
+    args.out.write_text("\n".join(lines + phases) + "\n")
+    print("\n".join(lines[:13] + phases))
 
 
 if __name__ == "__main__":
