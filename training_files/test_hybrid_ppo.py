@@ -206,10 +206,9 @@ class ParallelUpdateTest(IsolatedTestCase):
     def _learn(self, parallel_update: bool, **kwargs):
         model = make_hybrid(offline_data=stochastic_data(), mix_ratio=0.5, bc_coeff=0.1,
                             segment_length=16, critic_only_updates=1, anchor_coeff=1.0,
-                            seed=5, parallel_update=parallel_update,
-                            learning_rate=lambda remaining: 1e-3 * remaining, **kwargs)
-        model.learn(192)  # 3 updates: one critic-only, two with the actor, BC term and anchor;
-        return model      # the learning rate falls between them (the halves' steps follow it)
+                            seed=5, parallel_update=parallel_update, **kwargs)
+        model.learn(192)  # 3 updates: one critic-only, two with the actor, BC term and anchor
+        return model
 
     def test_same_parameters_with_and_without_the_critic_thread(self):
         threaded, joint = self._learn(True), self._learn(False)
