@@ -117,8 +117,9 @@ VARIANTS: dict[str, dict] = {
     "hybrid-policy_average": {"hparams": {"policy_average_steps": 10000}},
     "hybrid-restarts": {"hparams": {"deterministic_restarts": 0.5}},
     "hybrid-restarts_matched": {"hparams": {"deterministic_restarts": 0.5}},  # --timesteps 131072
-    # Uni-O4's walker2d online PPO step sizes (actor lr 3e-5, clip 0.05; Lei et al. 2024, their
-    # published configs): smaller policy steps, against the falls that come with training
+    # Uni-O4's walker2d-medium actor step sizes (lr_a 3e-5 in ppo_finetune/scripts/mujoco_loco/
+    # wm.sh, clip 0.05 its default): smaller policy steps, against the falls that come with
+    # training. Here one learning rate serves actor and critic; Uni-O4's critic has its own, 2e-4.
     "hybrid-small_steps": {"hparams": {"learning_rate": 3e-5, "clip_range": 0.05}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
