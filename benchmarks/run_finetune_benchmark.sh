@@ -75,3 +75,5 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid bc_ppo 
 # 8. smaller policy steps (Uni-O4's lr 3e-5, clip 0.05): fewer falls, and at what cost?
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-small_steps
 phase --datasets expert-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-small_steps
+# 9. the critic at a learning rate of its own (6x the actor's, as Uni-O4 gives its critic)
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-critic_lr

@@ -88,6 +88,8 @@ class HybridConfig(EnvConfig):
     learning_rate: float = Field(3e-4, gt=0)
     lr_schedule: Literal["constant", "linear"] = "constant"
     """linear: the learning rate decays linearly to 0 over the run (Uni-O4 decays it too)."""
+    critic_learning_rate: Annotated[float, Field(gt=0)] | None = None
+    """The critic's own initial rate, on the same schedule (critic_learning_rate.py); None: one."""
     gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
     clip_range: float = Field(0.2, gt=0)

@@ -28,6 +28,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.utils import explained_variance
 
+from critic_learning_rate import one_group, set_rates, split_optimizer, two_groups
 from critic_thread import CriticThread, can_split, ppo_value_loss
 from critic_warmup import warm_up_critic
 from hparams import OODConfig
@@ -91,6 +92,8 @@ class HybridPPO(PPO):
         model are the average while rollouts come from the policy being trained. 0: off.
     :param parallel_update: the critic's forward and backward of each minibatch run in a second
         thread beside the actor's (`critic_thread.py`): the same update, on two CPU cores.
+    :param critic_learning_rate: the critic's own initial learning rate, following the same
+        schedule (`critic_learning_rate.py`); None: the actor's, as in SB3.
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -104,7 +107,8 @@ class HybridPPO(PPO):
                  offline_policy_updates: int = 0,
                  log_std_min: float | None = None, log_std_decay: float = 0.0,
                  anchor_coeff: float = 0.0, anchor_decay: float = 1.0,
-                 policy_average_steps: int = 0, parallel_update: bool = True, **kwargs):
+                 policy_average_steps: int = 0, parallel_update: bool = True,
+                 critic_learning_rate: float | None = None, **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
         self.mix_ratio = mix_ratio
@@ -127,6 +131,7 @@ class HybridPPO(PPO):
         self.policy_average_steps = policy_average_steps
         self._actor_average: ActorAverage | None = None  # made when the actor first moves
         self.parallel_update = parallel_update
+        self.critic_learning_rate = critic_learning_rate
         self._critic: CriticThread | None = None  # made at the first update
         self.warmed_up = False
         self.warmup_stats: dict = {}
@@ -142,6 +147,38 @@ class HybridPPO(PPO):
         # The pre-improvement copy (for the gate's revert) is a second policy: not saved either.
         return super()._excluded_save_params() + ["offline", "_before_improvement", "_anchor",
                                                    "anchor_states", "_actor_average", "_critic"]
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if self.critic_learning_rate is not None:
+            split_optimizer(self.policy, self._critic_lr_ratio())
+
+    def _critic_lr_ratio(self) -> float:
+        return self.critic_learning_rate / self.lr_schedule(1.0)
+
+    def _update_learning_rate(self, optimizers) -> None:
+        super()._update_learning_rate(optimizers)
+        if self.critic_learning_rate is not None:
+            lr = self.lr_schedule(self._current_progress_remaining)
+            set_rates(self.policy.optimizer, lr, self._critic_lr_ratio())
+            self.logger.record("train/critic_learning_rate", lr * self._critic_lr_ratio())
+
+    def get_parameters(self) -> dict[str, dict]:
+        """SB3's, with the optimizer state in SB3's one group, so that PPO.load reads it."""
+        params = super().get_parameters()
+        if self.critic_learning_rate is not None:
+            params["policy.optimizer"] = one_group(self.policy, params["policy.optimizer"])
+        return params
+
+    def set_parameters(self, load_path_or_dict, exact_match: bool = True, device="auto") -> None:
+        if self.critic_learning_rate is not None:
+            params = (dict(load_path_or_dict) if isinstance(load_path_or_dict, dict)
+                      else load_from_zip_file(load_path_or_dict, device=device, load_data=False)[1])
+            state = params.get("policy.optimizer")
+            if state is not None and len(state["param_groups"]) == 1:
+                params["policy.optimizer"] = two_groups(self.policy, state, self._critic_lr_ratio())
+            load_path_or_dict = params
+        super().set_parameters(load_path_or_dict, exact_match, device)
 
     def _critic_thread(self) -> CriticThread | None:
         """The critic's half of each minibatch runs in this thread (critic_thread.py), or None:

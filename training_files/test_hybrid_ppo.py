@@ -226,6 +226,56 @@ class ParallelUpdateTest(IsolatedTestCase):
         self.assertTrue(can_split(make_hybrid().policy))
 
 
+class CriticLearningRateTest(IsolatedTestCase):
+    """critic_learning_rate: the critic's group steps at its own rate; zips stay SB3's."""
+
+    def _learn(self, critic_learning_rate=None, timesteps=192, critic_only_updates=1):
+        model = make_hybrid(offline_data=stochastic_data(), mix_ratio=0.5, bc_coeff=0.1,
+                            segment_length=16, critic_only_updates=critic_only_updates, seed=7,
+                            learning_rate=lambda remaining: 1e-3 * (1 + remaining) / 2,
+                            critic_learning_rate=critic_learning_rate)
+        model.learn(timesteps)
+        return model
+
+    def test_the_same_rate_gives_the_same_run_and_a_larger_one_moves_only_the_critic_first(self):
+        self.assertTrue(params_equal(self._learn(1e-3), self._learn(None)))
+        # while the updates are critic-only, the actor is untouched either way
+        faster, same = self._learn(4e-3, critic_only_updates=3), self._learn(None, critic_only_updates=3)
+        for (name, a), b in zip(faster.policy.named_parameters(), same.policy.parameters()):
+            critic = name.startswith(("mlp_extractor.value_net", "value_net"))
+            self.assertEqual(torch.equal(a, b), not critic, name)
+
+    def test_the_critic_group_follows_the_schedule_scaled(self):
+        model = self._learn(4e-3)
+        actor, critic = model.policy.optimizer.param_groups
+        lr = model.lr_schedule(model._current_progress_remaining)
+        self.assertLess(lr, 1e-3)  # the schedule has moved
+        self.assertAlmostEqual(actor["lr"], lr)
+        self.assertAlmostEqual(critic["lr"], 4 * lr)
+        value_params = {id(p) for m in (model.policy.mlp_extractor.value_net,
+                                        model.policy.value_net) for p in m.parameters()}
+        self.assertEqual({id(p) for p in critic["params"]}, value_params)
+
+    def test_the_zip_loads_as_sb3_ppo_and_back_with_every_parameters_state(self):
+        model = self._learn(4e-3)
+        path = self.work / "model.zip"
+        model.save(path)
+        state = model.policy.optimizer.state
+
+        def same_state(other):
+            for a, b in zip(model.policy.parameters(), other.policy.parameters()):
+                for key in ("exp_avg", "exp_avg_sq", "step"):
+                    self.assertTrue(torch.equal(state[a][key], other.policy.optimizer.state[b][key]))
+
+        plain = PPO.load(path, device="cpu")
+        self.assertEqual(len(plain.policy.optimizer.param_groups), 1)
+        same_state(plain)
+        again = HybridPPO.load(path, device="cpu")
+        self.assertEqual([g["lr"] for g in again.policy.optimizer.param_groups],
+                         [g["lr"] for g in model.policy.optimizer.param_groups])
+        same_state(again)
+
+
 class TrainableExtractor(BaseFeaturesExtractor):
     """A features extractor with weights: shared by actor and critic under SB3's default."""
 
