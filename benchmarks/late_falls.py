@@ -7,8 +7,7 @@ A run's fall is the largest drop of an evaluation below the running best after 5
 Counting falls over whole runs favours the longer ones: a 300k run has 30 evaluations to fall
 in, a 200k run 20. So the comparison that answers the question is made over the same steps,
 0-200k: there the stretched runs still have a third or more of their learning rate and more
-noise left, so if
-the falls came with the schedules' end phase, they would fall less there.
+noise left, so if the falls came with the schedules' end phase, they would fall less there.
 
 And, over the 200k runs of `hybrid` and `bc_ppo`, how often an evaluation has a fall at all, by
 phase of the run: a steady rate shows as a flat row.
