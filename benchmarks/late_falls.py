@@ -18,10 +18,11 @@ phase of the run: a steady rate shows as a flat row.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+
+from analyze_finetune import load, periodic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AFTER = 50_000  # falls counted after the early phase (the early-dip rule covers 0-50k)
@@ -29,13 +30,9 @@ SHORT = 200_000  # both kinds of run evaluate at every 10k up to here: equal cou
 
 
 def curves(path: Path, dataset: str = "medium-v0") -> dict[tuple[str, int], list[dict]]:
-    """(variant, seed) -> periodic evaluations (the last record of each pair wins)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        run = json.loads(line)
-        if run["dataset"] == dataset:
-            out[(run["variant"], run["seed"])] = run["curve"]
-    return out
+    """(variant, seed) -> periodic evaluations, read as analyze_finetune reads them."""
+    variants = load(path).get(("walker2d", dataset), {})
+    return {(v, r["seed"]): periodic(r["curve"]) for v, runs in variants.items() for r in runs}
 
 
 def largest_fall(curve: list[dict], until: int | None = None) -> tuple[float, int | None]:
@@ -88,7 +85,7 @@ def report(long: dict, short: dict, threshold: float) -> list[str]:
     return lines
 
 
-def falls_by_phase(runs: Path, variants=("hybrid", "bc_ppo"), dataset: str = "medium-v0",
+def falls_by_phase(short: dict, variants=("hybrid", "bc_ppo"), dataset: str = "medium-v0",
                    width: int = 50_000) -> list[str]:
     """Share of evaluations in which at least one of the episodes ended before the time limit
     (the walker fell), and the mean episode length, by phase of the 200k runs."""
@@ -98,7 +95,7 @@ def falls_by_phase(runs: Path, variants=("hybrid", "bc_ppo"), dataset: str = "me
                                               for i in range(4)) + " |",
              "|---|---|" + "---|" * 4]
     for variant in variants:
-        by_seed = {k: c for k, c in curves(runs, dataset).items() if k[0] == variant}
+        by_seed = {k: c for k, c in short.items() if k[0] == variant}
         phases: dict[int, list] = {}
         for curve in by_seed.values():
             for point in curve[1:]:
@@ -115,8 +112,9 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=20.0)
     p.add_argument("--out", type=Path, default=RESULTS / "late_falls.md")
     args = p.parse_args()
-    lines = report(curves(args.long), curves(args.short), args.threshold)
-    phases = falls_by_phase(args.short)
+    short = curves(args.short)
+    lines = report(curves(args.long), short, args.threshold)
+    phases = falls_by_phase(short)
     args.out.write_text("\n".join(lines + phases) + "\n")
     print("\n".join(lines[:13] + phases))
 
