@@ -26,30 +26,28 @@ def critic_parameters(policy) -> list[torch.nn.Parameter]:
     return [p for module in modules for p in module.parameters()]
 
 
+def _groups(policy) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """The actor's group (every other parameter, in policy.parameters() order) and the critic's."""
+    critic = critic_parameters(policy)
+    ids = {id(p) for p in critic}
+    return [p for p in policy.parameters() if id(p) not in ids], critic
+
+
 def _order(policy) -> tuple[list[int], int]:
-    """For each parameter in policy.parameters() order, its index in the two-group state."""
-    critic = {id(p) for p in critic_parameters(policy)}
-    params = list(policy.parameters())
-    actor_count = sum(id(p) not in critic for p in params)
-    index, seen_actor, seen_critic = [], 0, 0
-    for p in params:
-        if id(p) in critic:
-            index.append(actor_count + seen_critic)
-            seen_critic += 1
-        else:
-            index.append(seen_actor)
-            seen_actor += 1
-    return index, actor_count
+    """For each parameter in policy.parameters() order, its index in the two-group state (the
+    groups' own orders: a critic-only features extractor comes first in policy.parameters()
+    but last in the critic's group)."""
+    actor, critic = _groups(policy)
+    position = {id(p): i for i, p in enumerate(actor + critic)}
+    return [position[id(p)] for p in policy.parameters()], len(actor)
 
 
 def split_optimizer(policy, ratio: float) -> None:
     """Rebuild policy.optimizer (same class and settings) with an actor and a critic group."""
-    critic = {id(p) for p in critic_parameters(policy)}
     old = policy.optimizer
     settings = {k: v for k, v in old.param_groups[0].items() if k != "params"}
-    policy.optimizer = type(old)(
-        [{"params": [p for p in policy.parameters() if id(p) not in critic]},
-         {"params": critic_parameters(policy)}], **settings)
+    actor, critic = _groups(policy)
+    policy.optimizer = type(old)([{"params": actor}, {"params": critic}], **settings)
     set_rates(policy.optimizer, settings["lr"], ratio)
 
 

@@ -229,11 +229,11 @@ class ParallelUpdateTest(IsolatedTestCase):
 class CriticLearningRateTest(IsolatedTestCase):
     """critic_learning_rate: the critic's group steps at its own rate; zips stay SB3's."""
 
-    def _learn(self, critic_learning_rate=None, timesteps=192, critic_only_updates=1):
+    def _learn(self, critic_learning_rate=None, timesteps=192, critic_only_updates=1, **kwargs):
         model = make_hybrid(offline_data=stochastic_data(), mix_ratio=0.5, bc_coeff=0.1,
                             segment_length=16, critic_only_updates=critic_only_updates, seed=7,
                             learning_rate=lambda remaining: 1e-3 * (1 + remaining) / 2,
-                            critic_learning_rate=critic_learning_rate)
+                            critic_learning_rate=critic_learning_rate, **kwargs)
         model.learn(timesteps)
         return model
 
@@ -274,6 +274,18 @@ class CriticLearningRateTest(IsolatedTestCase):
         self.assertEqual([g["lr"] for g in again.policy.optimizer.param_groups],
                          [g["lr"] for g in model.policy.optimizer.param_groups])
         same_state(again)
+
+    def test_a_critic_only_extractor_keeps_its_state_through_the_zip(self):
+        # its parameters come first in policy.parameters() but last in the critic's group
+        separate = {"net_arch": {"pi": [16], "vf": [16]}, "share_features_extractor": False,
+                    "features_extractor_class": TrainableExtractor}
+        model = self._learn(4e-3, policy_kwargs=separate)
+        path = self.work / "model.zip"
+        model.save(path)
+        plain = PPO.load(path, device="cpu")
+        for a, b in zip(model.policy.parameters(), plain.policy.parameters()):
+            self.assertTrue(torch.equal(model.policy.optimizer.state[a]["exp_avg"],
+                                        plain.policy.optimizer.state[b]["exp_avg"]))
 
 
 class TrainableExtractor(BaseFeaturesExtractor):
