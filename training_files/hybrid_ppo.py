@@ -159,9 +159,9 @@ class HybridPPO(PPO):
     def _update_learning_rate(self, optimizers) -> None:
         super()._update_learning_rate(optimizers)
         if self.critic_learning_rate is not None:
-            lr = self.lr_schedule(self._current_progress_remaining)
-            set_rates(self.policy.optimizer, lr, self._critic_lr_ratio())
-            self.logger.record("train/critic_learning_rate", lr * self._critic_lr_ratio())
+            set_rates(self.policy.optimizer, self.lr_schedule(self._current_progress_remaining),
+                      self._critic_lr_ratio())
+            self.logger.record("train/critic_learning_rate", self.policy.optimizer.param_groups[1]["lr"])
 
     def get_parameters(self) -> dict[str, dict]:
         """SB3's, with the optimizer state in SB3's one group, so that PPO.load reads it."""
