@@ -123,6 +123,10 @@ VARIANTS: dict[str, dict] = {
     "hybrid-small_steps": {"hparams": {"learning_rate": 3e-5, "clip_range": 0.05}},
     # the critic 6x faster than the actor: SB3's PPO default rate, near Uni-O4's ratio (2e-4/3e-5)
     "hybrid-critic_lr": {"hparams": {"critic_learning_rate": 3e-4}},
+    # Uni-O4's step sizes together (actor 3e-5, critic 2e-4 in wm.sh, clip 0.05): the two above
+    # each measured one part alone
+    "hybrid-uni_o4_steps": {"hparams": {"learning_rate": 3e-5, "critic_learning_rate": 2e-4,
+                                        "clip_range": 0.05}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},

@@ -77,3 +77,5 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-small_s
 phase --datasets expert-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-small_steps
 # 9. the critic at a learning rate of its own (6x the actor's, as Uni-O4 gives its critic)
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-critic_lr
+# 10. Uni-O4's step sizes together: actor 3e-5, critic 2e-4, clip 0.05
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-uni_o4_steps
