@@ -44,6 +44,14 @@ so they differ from `hybrid-signed_offline` in one thing):
                           131072, the prefixes adding ~72k env steps (measured: 202.8k in all)
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
                           walker2d, a variant on ant and humanoid, whose entries keep signed ones
+  hybrid-small_steps      learning_rate 3e-5, clip_range 0.05: Uni-O4's actor step sizes
+  hybrid-critic_lr        critic_learning_rate 3e-4: the critic 6x faster than the actor
+  hybrid-uni_o4_steps     both: actor 3e-5, critic 2e-4, clip 0.05 (Uni-O4's wm.sh)
+  hybrid-rollback         rollback_drop 0.3: an evaluation more than 30% below the best so far
+                          sends training back to the best evaluation's policy and optimizer
+                          (policy_rollback.py); bc_ppo-rollback likewise. On seeds where the
+                          base run never falls that far the run is the base run: its records
+                          are derived by rollback_records.py, which checks that claim
 Signed ablations:
   hybrid-no_critic_only   critic_only_updates 0
   hybrid-constant_lr      lr_schedule constant
@@ -127,6 +135,10 @@ VARIANTS: dict[str, dict] = {
     # each measured one part alone
     "hybrid-uni_o4_steps": {"hparams": {"learning_rate": 3e-5, "critic_learning_rate": 2e-4,
                                         "clip_range": 0.05}},
+    # an evaluation more than 30% below the best sends training back to the best's state
+    # (seeds where the base run never falls that far: rollback_records.py)
+    "hybrid-rollback": {"hparams": {"rollback_drop": 0.3}},
+    "bc_ppo-rollback": {"flags": ["--mix_ratio", "0"], "hparams": {"rollback_drop": 0.3}},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},
@@ -204,7 +216,7 @@ def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
             "best_eval": entry["best_eval"], "final_test_eval": entry["final_test_eval"],
             "result": entry["result"], "config": entry["config"]["hybrid"],
             "dataset_info": entry["dataset"],
-            **({"restarts": entry["restarts"]} if "restarts" in entry else {})}
+            **{key: entry[key] for key in ("restarts", "rollbacks") if key in entry}}
 
 
 def append_result(record: dict, path: Path = RESULTS) -> None:

@@ -144,6 +144,10 @@ class HybridConfig(EnvConfig):
     """Fraction of training episodes that start where the current deterministic policy (the
     one evaluated) has walked for a random number of steps (policy_restarts.py); the prefix is
     not trained on and its env steps are reported apart. Needs vec_env dummy. 0: off."""
+    rollback_drop: float = Field(0.0, ge=0, lt=1)
+    """When a periodic evaluation's mean return falls more than this fraction of |best so far|
+    below the best, training goes on from the best evaluation's policy and optimizer state
+    (policy_rollback.py; the schedules go on). 0: off."""
     ood: OODConfig = Field(default_factory=OODConfig)
     eval_freq: int = Field(10_000, gt=0)
     eval_episodes: int = Field(10, ge=1)
@@ -154,6 +158,13 @@ class HybridConfig(EnvConfig):
     0: off, the best is handed over as measured."""
     test_episodes: int = Field(20, ge=1)
     """Deterministic episodes of the final test evaluation, on seeds never used for selection."""
+
+    @model_validator(mode="after")
+    def _rollback_has_one_policy(self) -> HybridConfig:
+        if self.rollback_drop > 0 and self.policy_average_steps > 0:
+            raise ValueError("rollback_drop needs policy_average_steps 0: the evaluated policy "
+                             "(the average) is not the one training would go back to")
+        return self
 
     @model_validator(mode="after")
     def _batch_fits_rollout(self) -> HybridConfig:

@@ -32,6 +32,7 @@ from evaluation import (ANCHOR_SEED_OFFSET, SELECTION_SEED_OFFSET, TEST_SEED_OFF
 from hybrid_ppo import HybridPPO
 from offline_data import OfflineData
 from policy_restarts import attach_policy, restart_counts, restart_wrapper
+from policy_rollback import PolicyRollback
 from preflight import best_model_file, model_file
 
 VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
@@ -69,6 +70,7 @@ class HybridResult:
     restarts: dict | None = None  # deterministic restarts: episodes and prefix env steps
     confirmation: dict | None = None  # confirm_best's verdict; None: not run
     bc_file: Path | None = None  # the BC policy the run started from
+    rollbacks: list[dict] | None = None  # rollback_drop > 0: {"at", "to"} steps of each one
 
     @property
     def rejected(self) -> bool:
@@ -164,19 +166,24 @@ class BestModelKeeper:
 
     The step-0 evaluation is the BC policy's (the actor has not moved; warm-up touches only
     the critic), so the kept model is never one measured worse than BC on these episodes.
+    A rollback (policy_rollback.py) hears of each evaluation before it is reported.
     """
 
-    def __init__(self, path: Path, report=None):
+    def __init__(self, path: Path, report=None, rollback: PolicyRollback | None = None):
         self.requested, self.path, self.report = path, path, report
+        self.rollback = rollback
         self.best: dict | None = None
 
     def __call__(self, result: dict, model) -> None:
-        if self.best is None or result["mean_reward"] > self.best["mean_reward"]:
+        new_best = self.best is None or result["mean_reward"] > self.best["mean_reward"]
+        if new_best:
             self.best = result
             # A save location that breaks mid-run must not end training with a traceback:
             # the best model goes where the final one would go (temp dir, else cwd); the run
             # log's hybrid_best_file says where.
             self.path, _ = save_with_fallback(model, self.requested)
+        if self.rollback is not None:
+            self.rollback.after_eval(result, model, new_best)
         if self.report is not None:
             self.report(result)
 
@@ -270,11 +277,12 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
     model.set_logger(configure(str(settings.tb_dir), ["tensorboard", "csv"]))
     eval_env = EvalEnv(cfg.env_id, cfg.env_kwargs, cfg.eval_episodes,
                        settings.seed + SELECTION_SEED_OFFSET, float32_obs=settings.device == "mps")
-    keeper = BestModelKeeper(best_model_file(settings.save_file), on_eval)
+    rollback = PolicyRollback(cfg.rollback_drop) if cfg.rollback_drop > 0 else None
+    keeper = BestModelKeeper(best_model_file(settings.save_file), on_eval, rollback)
     evaluator = PeriodicEval(eval_env, cfg.eval_freq, data.ref_scores,
                              csv_path=settings.tb_dir / "eval.csv", on_eval=keeper)
     stage_times = StageTimes(evaluator)
-    callbacks = [evaluator, stage_times]
+    callbacks = [evaluator, stage_times] + ([rollback] if rollback is not None else [])
     if cfg.offline_policy_updates > 0 and cfg.offline_improvement_gate:
         callbacks.insert(1, OfflineImprovementGate(evaluator))  # its evaluation is no rollout time
     interrupted = False
@@ -298,7 +306,8 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                           final_eval=evaluator.history[-1], best_eval=keeper.best,
                           evaluations=evaluator.history, warmup=dict(model.warmup_stats),
                           save_error=save_error, bc_file=Path(bc_checkpoint),
-                          restarts=restarts)
+                          restarts=restarts,
+                          rollbacks=None if rollback is None else rollback.rollbacks)
     if cfg.confirm_episodes > 0 and result.best_source != "bc" and not interrupted:
         clock = time.perf_counter()
         result.confirmation = confirm_best(keeper.path, result.bc_file, cfg, settings.seed,

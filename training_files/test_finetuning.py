@@ -12,7 +12,9 @@
   improvement continues as the run without it; the averaged actor is the documented EMA, is
   what evaluations and saves see, and leaves training unchanged; deterministic restarts start
   an episode exactly where the deterministic policy walked, within the same time limit, walk
-  again short of a fall, keep training deterministic for a seed and refuse subproc envs; the
+  again short of a fall, keep training deterministic for a seed and refuse subproc envs; a
+  rollback restores the best evaluation's policy and optimizer at the next rollout with the
+  noise schedule kept, and a run in which none triggers is the run without it; the
   best-model keeper never
   hands over a model measured worse than the start, and a best model that loses to BC on the
   confirmation episodes is not handed over.
@@ -20,6 +22,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import unittest
 import warnings
@@ -28,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
@@ -40,6 +44,7 @@ from hparams import HybridConfig
 from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
 from offline_batch import normalise_per_source
 from policy_restarts import DeterministicRestarts, attach_policy, restart_counts, restart_wrapper
+from policy_rollback import PolicyRollback
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
                              setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs,
                              with_fields)
@@ -591,6 +596,113 @@ class DeterministicRestartsTest(IsolatedTestCase):
                            deterministic_restarts=0.5)
         with self.assertRaisesRegex(PipelineError, "deterministic_restarts needs vec_env dummy"):
             make_train_env(cfg, 0, "cpu")
+
+
+
+class PolicyRollbackTest(IsolatedTestCase):
+
+    def _model(self, **kwargs):
+        model = make_hybrid(n_steps=64, batch_size=32, n_epochs=2, seed=2,
+                            offline_data=stochastic_data(), segment_length=16,
+                            policy_kwargs=tiny_policy_kwargs(), learning_rate=3e-3, **kwargs)
+        model.set_logger(configure(str(self.work / "rollback"), ["csv"]))
+        return model
+
+    def test_a_fall_restores_the_best_state_at_the_next_rollout_with_the_noise_schedule(self):
+        model = self._model(log_std_decay=1.0)
+        rollback = PolicyRollback(0.3)
+        seen = {}
+
+        def state():
+            return ({k: v.clone() for k, v in model.policy.state_dict().items()},
+                    copy.deepcopy(model.policy.optimizer.state_dict()["state"]),
+                    model.log_std_decayed)
+
+        class Script(BaseCallback):  # the evaluations' verdicts, at chosen rollout starts
+            def _on_rollout_start(self):
+                seen["rollout"] = seen.get("rollout", 0) + 1
+                if seen["rollout"] == 2:  # after one update: a new best
+                    rollback.after_eval({"timesteps": 64, "mean_reward": 100.0}, model, True)
+                    seen["best"] = state()
+                if seen["rollout"] == 4:  # after three: first a small drop, then a fall
+                    seen["moved"] = state()
+                    seen["small"] = {"timesteps": 192, "mean_reward": 71.0}
+                    rollback.after_eval(seen["small"], model, False)
+                    seen["fall"] = {"timesteps": 192, "mean_reward": 69.0}
+                    rollback.after_eval(seen["fall"], model, False)
+                    seen["before_restore"] = state()
+
+            def _on_step(self):
+                return True
+
+        class After(BaseCallback):  # the state the next rollout starts from
+            def _on_rollout_start(self):
+                if seen["rollout"] == 4:
+                    seen["restored"] = state()
+
+            def _on_step(self):
+                return True
+
+        model.learn(320, callback=[Script(), rollback, After()])
+        best, best_adam, decayed_at_best = seen["best"]
+        moved = seen["moved"][0]
+        self.assertFalse(all(torch.equal(moved[k], best[k]) for k in moved))
+        self.assertNotIn("rollback_to", seen["small"])  # within 30% of the best: no rollback
+        self.assertEqual(seen["fall"]["rollback_to"], 64)
+        self.assertEqual(rollback.rollbacks, [{"at": 192, "to": 64}])
+        for k, v in seen["before_restore"][0].items():  # nothing moves before the rollout
+            self.assertTrue(torch.equal(v, moved[k]), k)
+
+        restored, adam, decayed = seen["restored"]
+        since = decayed - decayed_at_best
+        self.assertGreater(since, 0.3)  # two updates' worth of the noise schedule
+        for k, v in restored.items():
+            expected = best[k] - since if k == "log_std" else best[k]
+            self.assertTrue(torch.allclose(v, expected, atol=1e-6, rtol=0), k)
+        for i, values in best_adam.items():
+            for name, value in values.items():
+                self.assertTrue(torch.equal(adam[i][name], value), (i, name))
+        # training on from it left the snapshot as it was (a second fall returns to the same)
+        self.assertFalse(all(torch.equal(v, restored[k])
+                             for k, v in model.policy.state_dict().items()))
+        kept = rollback.best["state"]
+        for k, v in kept["policy"].items():
+            self.assertTrue(torch.equal(v, best[k]), k)
+        for i, values in best_adam.items():
+            for name, value in values.items():
+                self.assertTrue(torch.equal(kept["optimizer"]["state"][i][name], value))
+
+    def _run(self, drop: float):
+        model = self._model()
+        env = EvalEnv(ENV_ID, {}, 2, 10_000)
+        rollback = PolicyRollback(drop) if drop > 0 else None
+        keeper = BestModelKeeper(self.work / f"best_{drop}.zip", rollback=rollback)
+        evaluator = PeriodicEval(env, 64, None, on_eval=keeper)
+        model.learn(512, callback=[evaluator] + ([rollback] if rollback else []))
+        env.close()
+        return model, evaluator.history, rollback
+
+    def test_a_run_where_no_evaluation_falls_far_enough_is_the_run_without_rollback(self):
+        plain, plain_history, _ = self._run(0.0)
+        never, never_history, rollback = self._run(0.999)
+        self.assertEqual(rollback.rollbacks, [])
+        self.assertEqual(never_history, plain_history)
+        self.assertTrue(params_equal(never, plain))
+        # the same run with any fall sending it back differs from then on, reproducibly
+        first, history, rollback = self._run(1e-9)
+        second, again, _ = self._run(1e-9)
+        self.assertTrue(rollback.rollbacks)
+        fell = next(i for i, ev in enumerate(history) if "rollback_to" in ev)
+        self.assertEqual(history[:fell + 1], plain_history[:fell] + [history[fell]])
+        self.assertEqual(history[fell]["mean_reward"], plain_history[fell]["mean_reward"])
+        self.assertFalse(params_equal(first, plain))
+        self.assertEqual(history, again)
+        self.assertTrue(params_equal(first, second))
+
+    def test_rollback_with_an_averaged_actor_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "rollback_drop needs policy_average_steps 0"):
+            HybridConfig(env_id=ENV_ID, policy={"net_arch": {"pi": [16], "vf": [16]}},
+                         total_timesteps=64, rollback_drop=0.3, policy_average_steps=1000)
 
 
 if __name__ == "__main__":

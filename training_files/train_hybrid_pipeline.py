@@ -331,7 +331,9 @@ def run_pipeline(args, entry: dict, on_eval=None) -> dict:
 
     def report(ev):
         note = f" ({ev['note']})" if ev.get("note") else ""
-        print(f"  eval @ {ev['timesteps']} steps{note}: {_describe(ev)}", flush=True)
+        back = (f"; more than rollback_drop below the best: training goes on from step "
+                f"{ev['rollback_to']}'s policy" if "rollback_to" in ev else "")
+        print(f"  eval @ {ev['timesteps']} steps{note}: {_describe(ev)}{back}", flush=True)
         if on_eval is not None:
             on_eval(ev)
 
@@ -350,6 +352,10 @@ def run_pipeline(args, entry: dict, on_eval=None) -> dict:
         print(f"Deterministic restarts: {result.restarts['episodes']} episodes started where the "
               f"deterministic policy had walked, {result.restarts['env_steps']} env steps of "
               f"prefixes on top of the {result.timesteps} online steps")
+    if result.rollbacks is not None:
+        entry["rollbacks"] = result.rollbacks
+        print(f"Rollbacks (rollback_drop {hybrid_cfg.rollback_drop}): {len(result.rollbacks)}"
+              + "".join(f"; at {r['at']} steps to {r['to']}" for r in result.rollbacks))
     if result.save_error:
         entry["hybrid_save_error"] = result.save_error
         raise PipelineError(result.save_error)
