@@ -79,3 +79,10 @@ phase --datasets expert-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-small_s
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-critic_lr
 # 10. Uni-O4's step sizes together: actor 3e-5, critic 2e-4, clip 0.05
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-uni_o4_steps
+# 11. rollback (rollback_drop 0.3) on both methods: real runs on the seeds whose base run falls past
+# the drop (until then a run is its base run, bit for bit); rollback_records.py checks that on
+# every real run and derives the records of the other seeds from their base runs
+phase --datasets medium-v0 --seeds 1 5 8 9 10 16 18 21 22 24 --variants hybrid-rollback
+phase --datasets medium-v0 --seeds 0 1 2 5 8 10 13 15 16 18 20 21 22 23 24 --variants bc_ppo-rollback
+phase --datasets medium-v0 --seeds 0 --variants hybrid-rollback  # one seed without a rollback, run
+python benchmarks/rollback_records.py --seeds $(seq 0 24)
