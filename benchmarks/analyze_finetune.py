@@ -96,8 +96,9 @@ def episode_ends(variants: dict[str, list[dict]]) -> str | None:
 
     env_ids = {r["config"]["env_id"] for rs in variants.values() for r in rs}
     limit = gym.spec(env_ids.pop()).max_episode_steps if len(env_ids) == 1 else None
-    evals = [e for rs in variants.values() for r in rs for e in periodic(r["curve"])[1:]
-             if e.get("mean_ep_length") is not None]
+    # a record derived from its base run (rollback_records.py) repeats that run's evaluations
+    evals = [e for rs in variants.values() for r in rs if not r.get("derived_from")
+             for e in periodic(r["curve"])[1:] if e.get("mean_ep_length") is not None]
     if limit is None or not evals:
         return None
     full = np.array([score(e) for e in evals if e["mean_ep_length"] >= limit])
