@@ -598,7 +598,6 @@ class DeterministicRestartsTest(IsolatedTestCase):
             make_train_env(cfg, 0, "cpu")
 
 
-
 class PolicyRollbackTest(IsolatedTestCase):
 
     def _model(self, **kwargs):
@@ -693,7 +692,7 @@ class PolicyRollbackTest(IsolatedTestCase):
         second, again, _ = self._run(1e-9)
         self.assertTrue(rollback.rollbacks)
         fell = next(i for i, ev in enumerate(history) if "rollback_to" in ev)
-        self.assertEqual(history[:fell + 1], plain_history[:fell] + [history[fell]])
+        self.assertEqual(history[:fell], plain_history[:fell])
         self.assertEqual(history[fell]["mean_reward"], plain_history[fell]["mean_reward"])
         self.assertFalse(params_equal(first, plain))
         self.assertEqual(history, again)
