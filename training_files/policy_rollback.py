@@ -34,7 +34,9 @@ class PolicyRollback(BaseCallback):
         self.drop = drop
         self.best: dict | None = None  # the best evaluation and the state it was measured on
         self.pending: dict | None = None  # a snapshot to restore at the next rollout's start
-        self.rollbacks: list[dict] = []  # {"at": steps of the fallen evaluation, "to": best's}
+        # {"at": steps of the fallen evaluation, "to": the best's, "applied": whether a rollout
+        # started from the restored state (not after the run's last evaluations)}
+        self.rollbacks: list[dict] = []
 
     def after_eval(self, result: dict, model, new_best: bool) -> None:
         if new_best:
@@ -47,13 +49,15 @@ class PolicyRollback(BaseCallback):
         floor = self.best["mean_reward"] - self.drop * abs(self.best["mean_reward"])
         if result["mean_reward"] < floor:
             result["rollback_to"] = self.best["timesteps"]
-            self.rollbacks.append({"at": result["timesteps"], "to": self.best["timesteps"]})
+            self.rollbacks.append({"at": result["timesteps"], "to": self.best["timesteps"],
+                                   "applied": False})
             self.pending = self.best["state"]
 
     def _on_rollout_start(self) -> None:
         if self.pending is not None:
             restore(self.model, self.pending)
             self.pending = None
+            self.rollbacks[-1]["applied"] = True
 
     def _on_step(self) -> bool:
         return True

@@ -630,6 +630,7 @@ class PolicyRollbackTest(IsolatedTestCase):
                     seen["fall"] = {"timesteps": 192, "mean_reward": 69.0}
                     rollback.after_eval(seen["fall"], model, False)
                     seen["before_restore"] = state()
+                    seen["before_restore_log"] = copy.deepcopy(rollback.rollbacks)
 
             def _on_step(self):
                 return True
@@ -648,9 +649,10 @@ class PolicyRollbackTest(IsolatedTestCase):
         self.assertFalse(all(torch.equal(moved[k], best[k]) for k in moved))
         self.assertNotIn("rollback_to", seen["small"])  # within 30% of the best: no rollback
         self.assertEqual(seen["fall"]["rollback_to"], 64)
-        self.assertEqual(rollback.rollbacks, [{"at": 192, "to": 64}])
         for k, v in seen["before_restore"][0].items():  # nothing moves before the rollout
             self.assertTrue(torch.equal(v, moved[k]), k)
+        self.assertEqual(seen["before_restore_log"], [{"at": 192, "to": 64, "applied": False}])
+        self.assertEqual(rollback.rollbacks, [{"at": 192, "to": 64, "applied": True}])
 
         restored, adam, decayed = seen["restored"]
         since = decayed - decayed_at_best

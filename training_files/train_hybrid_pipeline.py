@@ -355,7 +355,9 @@ def run_pipeline(args, entry: dict, on_eval=None) -> dict:
     if result.rollbacks is not None:
         entry["rollbacks"] = result.rollbacks
         print(f"Rollbacks (rollback_drop {hybrid_cfg.rollback_drop}): {len(result.rollbacks)}"
-              + "".join(f"; at {r['at']} steps to {r['to']}" for r in result.rollbacks))
+              + "".join(f"; at {r['at']} steps to {r['to']}"
+                        + ("" if r["applied"] else " (the run ended first)")
+                        for r in result.rollbacks))
     if result.save_error:
         entry["hybrid_save_error"] = result.save_error
         raise PipelineError(result.save_error)
