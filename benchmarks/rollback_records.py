@@ -27,7 +27,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training_files"))
 from finetune import RESULTS, VARIANTS, append_result  # noqa: E402
+from policy_rollback import fell_past  # noqa: E402
 
 BASES = {"hybrid-rollback": "hybrid", "bc_ppo-rollback": "bc_ppo"}
 
@@ -37,7 +39,7 @@ def first_rollback(curve: list[dict], drop: float) -> int | None:
     (policy_rollback.PolicyRollback's rule), or None."""
     best = None
     for i, ev in enumerate(curve):
-        if best is not None and ev["mean_reward"] < best - drop * abs(best):
+        if best is not None and fell_past(best, ev["mean_reward"], drop):
             return i
         if best is None or ev["mean_reward"] > best:
             best = ev["mean_reward"]

@@ -36,6 +36,7 @@ from offline_batch import OfflineBuffer, UpdateSamples, normalise_per_source
 from offline_data import OfflineData
 from policy_anchor import MeanActionAnchor
 from policy_average import ActorAverage
+from policy_rollback import restore, snapshot
 
 class HybridPPO(PPO):
     """PPO + offline segments with V-trace, OOD weights, a BC term and critic warm-ups.
@@ -262,8 +263,7 @@ class HybridPPO(PPO):
         started = time.perf_counter()
         # Everything the updates change, so a revert continues exactly as a run without them.
         self._before_improvement = {
-            "policy": copy.deepcopy(self.policy.state_dict()),
-            "optimizer": copy.deepcopy(self.policy.optimizer.state_dict()),
+            **snapshot(self),
             "numpy_rng": np.random.get_state(), "torch_rng": torch.get_rng_state(),
             "offline_rng": copy.deepcopy(self.offline.rng.bit_generator.state),
             "n_updates": self._n_updates}
@@ -286,8 +286,7 @@ class HybridPPO(PPO):
         saved, self._before_improvement = self._before_improvement, None
         if keep or saved is None:
             return
-        self.policy.load_state_dict(saved["policy"])
-        self.policy.optimizer.load_state_dict(saved["optimizer"])
+        restore(self, saved)  # the noise schedule has not moved: offline updates skip it
         np.random.set_state(saved["numpy_rng"])
         torch.set_rng_state(saved["torch_rng"])
         self.offline.rng.bit_generator.state = saved["offline_rng"]

@@ -70,7 +70,7 @@ class HybridResult:
     restarts: dict | None = None  # deterministic restarts: episodes and prefix env steps
     confirmation: dict | None = None  # confirm_best's verdict; None: not run
     bc_file: Path | None = None  # the BC policy the run started from
-    rollbacks: list[dict] | None = None  # rollback_drop > 0: {"at", "to"} steps of each one
+    rollbacks: list[dict] | None = None  # rollback_drop > 0: PolicyRollback.rollbacks
 
     @property
     def rejected(self) -> bool:

@@ -46,8 +46,7 @@ class PolicyRollback(BaseCallback):
             return
         if self.best is None:
             return
-        floor = self.best["mean_reward"] - self.drop * abs(self.best["mean_reward"])
-        if result["mean_reward"] < floor:
+        if fell_past(self.best["mean_reward"], result["mean_reward"], self.drop):
             result["rollback_to"] = self.best["timesteps"]
             self.rollbacks.append({"at": result["timesteps"], "to": self.best["timesteps"],
                                    "applied": False})
@@ -63,8 +62,14 @@ class PolicyRollback(BaseCallback):
         return True
 
 
+def fell_past(best: float, value: float, drop: float) -> bool:
+    """The rollback rule: `value` lies more than drop x |best| below `best`."""
+    return value < best - drop * abs(best)
+
+
 def snapshot(model) -> dict:
-    """What a rollback puts back (see the module docstring)."""
+    """What a rollback puts back (see the module docstring); also the state a reverted offline
+    improvement goes back to (HybridPPO.settle_offline_improvement)."""
     return {"policy": copy.deepcopy(model.policy.state_dict()),
             "optimizer": copy.deepcopy(model.policy.optimizer.state_dict()),
             "log_std_decayed": getattr(model, "log_std_decayed", 0.0)}
