@@ -139,6 +139,9 @@ VARIANTS: dict[str, dict] = {
     # (seeds where the base run never falls that far: rollback_records.py)
     "hybrid-rollback": {"hparams": {"rollback_drop": 0.3}},
     "bc_ppo-rollback": {"flags": ["--mix_ratio", "0"], "hparams": {"rollback_drop": 0.3}},
+    # the offline share's dose-response: bc_ppo is mix 0, hybrid 0.5 (QUICKSTART's default)
+    "hybrid-mix_0.25": {"flags": ["--mix_ratio", "0.25"]},
+    "hybrid-mix_0.75": {"flags": ["--mix_ratio", "0.75"]},
     "hybrid-no_critic_only": {"hparams": {"critic_only_updates": 0, **SIGNED}},
     "hybrid-constant_lr": {"hparams": {"lr_schedule": "constant", **SIGNED}},
     "hybrid-mean_centering": {"hparams": {"offline_advantage_centering": "mean", **SIGNED}},

@@ -86,3 +86,5 @@ phase --datasets medium-v0 --seeds 1 5 8 9 10 16 18 21 22 24 --variants hybrid-r
 phase --datasets medium-v0 --seeds 0 1 2 5 8 10 13 15 16 18 20 21 22 23 24 --variants bc_ppo-rollback
 phase --datasets medium-v0 --seeds 0 --variants hybrid-rollback  # one seed without a rollback, run
 python benchmarks/rollback_records.py --seeds $(seq 0 24)
+# 12. the offline share's dose-response: mix 0 (bc_ppo), 0.25, 0.5 (hybrid), 0.75
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-mix_0.25 hybrid-mix_0.75
