@@ -216,36 +216,64 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
     return "\n".join(md), js
 
 
+def mean_curve(rs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Steps, mean score over seeds and the half-width of its 95% CI (None for one seed)."""
+    curves = [periodic(r["curve"]) for r in rs]
+    n = min(len(c) for c in curves)
+    steps = np.array([e["timesteps"] for e in curves[0][:n]])
+    scores = np.array([[score(e) for e in c[:n]] for c in curves])
+    half = 1.96 * scores.std(0, ddof=1) / np.sqrt(len(rs)) if len(rs) > 1 else None
+    return steps, scores.mean(0), half
+
+
+REFERENCES = {"hybrid": dict(color="black", lw=1.0), "bc_ppo": dict(color="grey", lw=1.0, ls="--")}
+
+
 def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: Path) -> None:
-    """One plot of the variants run on >= HEADLINE_SEEDS seeds, one of the rest (ablations,
-    with `hybrid` for reference): a dozen curves on one axis cannot be read."""
+    """Small multiples: one panel per variant, each against `hybrid` and `bc_ppo` on the
+    variant's own seeds, drawn the same way in every panel (two dozen curves on one axis cannot
+    be told apart). Variants run on >= HEADLINE_SEEDS seeds go in one figure, the rest
+    (ablations) in another."""
     headline = {v: rs for v, rs in variants.items() if len(rs) >= HEADLINE_SEEDS}
     rest = {v: rs for v, rs in variants.items() if len(rs) < HEADLINE_SEEDS}
     stem = f"finetune_{name}" if env == "walker2d" else f"finetune_{env}_{name}"
-    if rest and "hybrid" in headline:
-        rest["hybrid"] = headline["hybrid"]
+    unit = "normalised score" if normalised(variants) else "return"
     for suffix, group in (("", headline or rest), ("_ablations", rest if headline else {})):
-        if not group:
+        # the headline comparison first, then the variants by name; a reference alone has no panel
+        panels = [v for v in ("hybrid",) if v in group] + sorted(v for v in group if v not in REFERENCES)
+        if not panels:
             continue
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for v, rs in sorted(group.items()):
-            curves = [periodic(r["curve"]) for r in rs]
-            steps = np.array([e["timesteps"] for e in curves[0]])
-            n = min(len(c) for c in curves)
-            scores = np.array([[score(e) for e in c[:n]] for c in curves])
-            mean = scores.mean(0)
-            ax.plot(steps[:n], mean, label=f"{v} ({len(rs)} seeds)")
-            if len(rs) > 1:
-                half = 1.96 * scores.std(0, ddof=1) / np.sqrt(len(rs))
-                ax.fill_between(steps[:n], mean - half, mean + half, alpha=0.15)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
-        ax.set_xlabel("online env steps")
-        ax.set_ylabel(("normalised score" if normalised(variants) else "return") + " (10 episodes)")
-        ax.set_title(f"{env} {name}{' ablations' if suffix else ''}: mean over seeds, 95% CI of the mean")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        cols = min(4, len(panels))
+        rows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(3.3 * cols, 6.5), 2.5 * rows + 0.9), sharex=True,
+                                 sharey=True, squeeze=False)
+        for ax, v in zip(axes.flat, panels):
+            seeds = {r["seed"] for r in group[v]}
+            for ref, style in REFERENCES.items():
+                same = [r for r in variants.get(ref, []) if r["seed"] in seeds]
+                if ref != v and same:
+                    ax.plot(*mean_curve(same)[:2], **style)
+            steps, mean, half = mean_curve(group[v])
+            ax.plot(steps, mean, color="tab:blue" if v != "hybrid" else "black", lw=1.4)
+            if half is not None:
+                ax.fill_between(steps, mean - half, mean + half, alpha=0.2,
+                                color="tab:blue" if v != "hybrid" else "black")
+            n = len(group[v])
+            ax.set_title(f"{v} ({n} seed{'s' if n > 1 else ''})", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        for i, ax in enumerate(axes.flat):
+            if i >= len(panels):
+                ax.set_visible(False)
+            elif i + cols >= len(panels):  # nothing drawn below it: label its step axis
+                ax.xaxis.set_tick_params(labelbottom=True)
+        axes[0, 0].xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
+        fig.supxlabel("online env steps", fontsize=9)
+        fig.supylabel(f"{unit} (10 episodes)", fontsize=9)
+        fig.suptitle(f"{env} {name}{' ablations' if suffix else ''}: mean over seeds (shaded: 95% CI "
+                     "of the mean)\nblack: hybrid, grey dashed: bc_ppo, on the panel's seeds", fontsize=9)
         fig.tight_layout()
-        fig.savefig(out_dir / f"{stem}{suffix}.png", dpi=110)
+        fig.savefig(out_dir / f"{stem}{suffix}.png", dpi=100)
         plt.close(fig)
 
 

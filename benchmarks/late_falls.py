@@ -85,22 +85,32 @@ def report(long: dict, short: dict, threshold: float) -> list[str]:
     return lines
 
 
-def falls_by_phase(short: dict, variants=("hybrid", "bc_ppo"), dataset: str = "medium-v0",
+def time_limit(path: Path, dataset: str = "medium-v0") -> int:
+    """The episode time limit of the env the runs used (gym's spec): an evaluation whose mean
+    episode length is below it had an episode end early (the walker fell)."""
+    import gymnasium as gym
+
+    (env_id,) = {r["config"]["env_id"] for runs in load(path)[("walker2d", dataset)].values() for r in runs}
+    return gym.spec(env_id).max_episode_steps
+
+
+def falls_by_phase(short: dict, limit: int, variants=("hybrid", "bc_ppo"), dataset: str = "medium-v0",
                    width: int = 50_000) -> list[str]:
     """Share of evaluations in which at least one of the episodes ended before the time limit
     (the walker fell), and the mean episode length, by phase of the 200k runs."""
+    n_phases = SHORT // width
     lines = ["", f"Evaluations after step 0 of the 200k runs ({dataset}) with at least one episode ending "
              "before the time limit, by phase: share (mean episode length)", "",
              "| variant | seeds | " + " | ".join(f"{i * width // 1000}-{(i + 1) * width // 1000}k"
-                                              for i in range(4)) + " |",
-             "|---|---|" + "---|" * 4]
+                                              for i in range(n_phases)) + " |",
+             "|---|---|" + "---|" * n_phases]
     for variant in variants:
         by_seed = {k: c for k, c in short.items() if k[0] == variant}
         phases: dict[int, list] = {}
         for curve in by_seed.values():
             for point in curve[1:]:
-                phases.setdefault(min(point["timesteps"] // width, 3), []).append(point["mean_ep_length"])
-        cells = [f"{np.mean(np.array(v) < 1000):.0%} ({np.mean(v):.0f})" for _, v in sorted(phases.items())]
+                phases.setdefault(min(point["timesteps"] // width, n_phases - 1), []).append(point["mean_ep_length"])
+        cells = [f"{np.mean(np.array(v) < limit):.0%} ({np.mean(v):.0f})" for _, v in sorted(phases.items())]
         lines.append(f"| {variant} | {len(by_seed)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -114,7 +124,7 @@ def main() -> None:
     args = p.parse_args()
     short = curves(args.short)
     lines = report(curves(args.long), short, args.threshold)
-    phases = falls_by_phase(short)
+    phases = falls_by_phase(short, time_limit(args.short))
     args.out.write_text("\n".join(lines + phases) + "\n")
     print("\n".join(lines[:13] + phases))
 
