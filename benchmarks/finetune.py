@@ -139,6 +139,8 @@ VARIANTS: dict[str, dict] = {
     # (seeds where the base run never falls that far: rollback_records.py)
     "hybrid-rollback": {"hparams": {"rollback_drop": 0.3}},
     "bc_ppo-rollback": {"flags": ["--mix_ratio", "0"], "hparams": {"rollback_drop": 0.3}},
+    # the actor's and the critic's gradients clipped each on its own (Uni-O4), not jointly (SB3)
+    "hybrid-separate_clip": {"hparams": {"grad_clip": "separate"}},
     # the offline share's dose-response: bc_ppo is mix 0, hybrid 0.5 (QUICKSTART's default)
     "hybrid-mix_0.25": {"flags": ["--mix_ratio", "0.25"]},
     "hybrid-mix_0.75": {"flags": ["--mix_ratio", "0.75"]},

@@ -26,7 +26,7 @@ def critic_parameters(policy) -> list[torch.nn.Parameter]:
     return [p for module in modules for p in module.parameters()]
 
 
-def _groups(policy) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+def actor_and_critic_parameters(policy) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
     """The actor's group (every other parameter, in policy.parameters() order) and the critic's."""
     critic = critic_parameters(policy)
     ids = {id(p) for p in critic}
@@ -37,7 +37,7 @@ def _order(policy) -> tuple[list[int], int]:
     """For each parameter in policy.parameters() order, its index in the two-group state (the
     groups' own orders: a critic-only features extractor comes first in policy.parameters()
     but last in the critic's group)."""
-    actor, critic = _groups(policy)
+    actor, critic = actor_and_critic_parameters(policy)
     position = {id(p): i for i, p in enumerate(actor + critic)}
     return [position[id(p)] for p in policy.parameters()], len(actor)
 
@@ -46,7 +46,7 @@ def split_optimizer(policy, ratio: float) -> None:
     """Rebuild policy.optimizer (same class and settings) with an actor and a critic group."""
     old = policy.optimizer
     settings = {k: v for k, v in old.param_groups[0].items() if k != "params"}
-    actor, critic = _groups(policy)
+    actor, critic = actor_and_critic_parameters(policy)
     policy.optimizer = type(old)([{"params": actor}, {"params": critic}], **settings)
     set_rates(policy.optimizer, settings["lr"], ratio)
 

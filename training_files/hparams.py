@@ -96,6 +96,10 @@ class HybridConfig(EnvConfig):
     ent_coef: float = 0.0
     vf_coef: float = Field(0.5, ge=0)
     max_grad_norm: float = Field(0.5, gt=0)
+    grad_clip: Literal["joint", "separate"] = "joint"
+    """joint: max_grad_norm bounds the whole policy's gradient (SB3); separate: the actor's and
+    the critic's each on its own, so the critic's error does not scale the actor's step
+    (gradient_clipping.py)."""
     target_kl: Annotated[float, Field(gt=0)] | None = None
     log_std_min: float = -20.0
     segment_length: int = Field(64, gt=0)

@@ -31,6 +31,7 @@ from stable_baselines3.common.utils import explained_variance
 from critic_learning_rate import one_group, set_rates, split_optimizer, two_groups
 from critic_thread import CriticThread, can_split, ppo_value_loss
 from critic_warmup import warm_up_critic
+from gradient_clipping import GradClip, clip_gradients
 from hparams import OODConfig
 from offline_batch import OfflineBuffer, UpdateSamples, normalise_per_source
 from offline_data import OfflineData
@@ -95,6 +96,8 @@ class HybridPPO(PPO):
         thread beside the actor's (`critic_thread.py`): the same update, on two CPU cores.
     :param critic_learning_rate: the critic's own initial learning rate, following the same
         schedule (`critic_learning_rate.py`); None: the actor's, as in SB3.
+    :param grad_clip: "joint": max_grad_norm bounds the whole gradient, as in SB3; "separate":
+        the actor's and the critic's each (`gradient_clipping.py`).
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -109,7 +112,8 @@ class HybridPPO(PPO):
                  log_std_min: float | None = None, log_std_decay: float = 0.0,
                  anchor_coeff: float = 0.0, anchor_decay: float = 1.0,
                  policy_average_steps: int = 0, parallel_update: bool = True,
-                 critic_learning_rate: float | None = None, **kwargs):
+                 critic_learning_rate: float | None = None, grad_clip: GradClip = "joint",
+                 **kwargs):
         if not 0.0 <= mix_ratio <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
         self.mix_ratio = mix_ratio
@@ -133,6 +137,7 @@ class HybridPPO(PPO):
         self._actor_average: ActorAverage | None = None  # made when the actor first moves
         self.parallel_update = parallel_update
         self.critic_learning_rate = critic_learning_rate
+        self.grad_clip = grad_clip
         self._critic: CriticThread | None = None  # made at the first update
         self.warmed_up = False
         self.warmup_stats: dict = {}
@@ -468,7 +473,7 @@ class HybridPPO(PPO):
                         print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
                     break
 
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                clip_gradients(self.policy, self.max_grad_norm, self.grad_clip)
                 self.policy.optimizer.step()
                 self._floor_log_std()
             self._n_updates += 1

@@ -131,7 +131,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         log_std_min=cfg.log_std_min, log_std_decay=cfg.log_std_decay,
         anchor_coeff=cfg.anchor_coeff, anchor_decay=cfg.anchor_decay,
         policy_average_steps=cfg.policy_average_steps, parallel_update=cfg.parallel_update,
-        critic_learning_rate=cfg.critic_learning_rate)
+        critic_learning_rate=cfg.critic_learning_rate, grad_clip=cfg.grad_clip)
     try:
         model.load_bc_checkpoint(bc_checkpoint)
     except RuntimeError as exc:  # torch's load_state_dict reports shape/key mismatches so

@@ -36,8 +36,10 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa:
 from stable_baselines3.common.utils import explained_variance  # noqa: E402
 
 from hparams import PolicyConfig, load_hparams  # noqa: E402
+from critic_learning_rate import actor_and_critic_parameters  # noqa: E402
 from critic_thread import can_split  # noqa: E402
 from critic_warmup import discounted_returns  # noqa: E402
+from gradient_clipping import clip_gradients  # noqa: E402
 from hybrid_ppo import HybridPPO  # noqa: E402
 from offline_batch import ood_weights  # noqa: E402
 from normalized_policy import obs_normalizer, policy_kwargs  # noqa: E402
@@ -286,6 +288,60 @@ class CriticLearningRateTest(IsolatedTestCase):
         for a, b in zip(model.policy.parameters(), plain.policy.parameters()):
             self.assertTrue(torch.equal(model.policy.optimizer.state[a]["exp_avg"],
                                         plain.policy.optimizer.state[b]["exp_avg"]))
+
+
+class GradientClippingTest(IsolatedTestCase):
+    """grad_clip: joint is SB3's clip of the whole gradient; separate bounds the actor's and the
+    critic's each, so a large critic gradient no longer scales the actor's."""
+
+    @staticmethod
+    def _norm(params) -> float:
+        return float(torch.sqrt(sum((p.grad ** 2).sum() for p in params)))
+
+    def _set_grads(self, policy, actor_scale: float | None, critic_scale: float):
+        actor, critic = actor_and_critic_parameters(policy)
+        gen = torch.Generator().manual_seed(0)
+        for params, scale in ((actor, actor_scale), (critic, critic_scale)):
+            for p in params:
+                p.grad = None if scale is None else scale * torch.randn(p.shape, generator=gen)
+        return actor, critic
+
+    def test_separate_leaves_a_small_actor_gradient_alone_under_a_large_critic_one(self):
+        policy = make_hybrid().policy
+        actor, critic = self._set_grads(policy, 1e-3, 10.0)
+        before = [p.grad.clone() for p in actor]
+        clip_gradients(policy, 0.5, "separate")
+        self.assertTrue(all(torch.equal(p.grad, g) for p, g in zip(actor, before)))
+        self.assertAlmostEqual(self._norm(critic), 0.5, places=4)
+        # the same gradients clipped jointly: the actor's shrinks with the critic's
+        actor, critic = self._set_grads(policy, 1e-3, 10.0)
+        small = self._norm(actor)
+        clip_gradients(policy, 0.5, "joint")
+        self.assertAlmostEqual(self._norm(actor + critic), 0.5, places=4)
+        self.assertLess(self._norm(actor), small / 10)
+
+    def test_separate_clips_a_large_actor_gradient_and_skips_an_actor_without_one(self):
+        policy = make_hybrid().policy
+        actor, critic = self._set_grads(policy, 10.0, 1e-3)
+        small = self._norm(critic)
+        clip_gradients(policy, 0.5, "separate")
+        self.assertAlmostEqual(self._norm(actor), 0.5, places=4)
+        self.assertAlmostEqual(self._norm(critic), small, places=6)
+        actor, critic = self._set_grads(policy, None, 10.0)  # a critic-only update
+        clip_gradients(policy, 0.5, "separate")
+        self.assertTrue(all(p.grad is None for p in actor))
+        self.assertAlmostEqual(self._norm(critic), 0.5, places=4)
+
+    def test_a_run_with_separate_clipping_differs_from_joint_and_repeats(self):
+        def learn(grad_clip):
+            model = make_hybrid(offline_data=stochastic_data(), mix_ratio=0.5, bc_coeff=0.1,
+                                segment_length=16, seed=3, max_grad_norm=0.5, grad_clip=grad_clip)
+            model.learn(192)
+            return model
+
+        separate = learn("separate")
+        self.assertTrue(params_equal(separate, learn("separate")))
+        self.assertFalse(params_equal(separate, learn("joint")))  # the clip binds here
 
 
 class TrainableExtractor(BaseFeaturesExtractor):
