@@ -10,7 +10,8 @@ in, a 200k run 20. So the comparison that answers the question is made over the 
 noise left, so if the falls came with the schedules' end phase, they would fall less there.
 
 And, over the 200k runs of `hybrid` and `bc_ppo`, how often an evaluation has a fall at all, by
-phase of the run: a steady rate shows as a flat row.
+phase of the run: a steady rate shows as a flat row. Last, per variant of the 200k runs, how
+many seeds fall late and how many dip early.
 
   python benchmarks/late_falls.py   # -> benchmarks/results/late_falls.md
 """
@@ -115,6 +116,23 @@ def falls_by_phase(short: dict, limit: int, variants=("hybrid", "bc_ppo"), datas
     return lines
 
 
+def falls_by_variant(short: dict, threshold: float, early_share: float = 0.9) -> list[str]:
+    """Per variant of the 200k runs: how many seeds fall late (a drop of more than `threshold`
+    below the running best after AFTER steps) and how many dip early (an evaluation in the first
+    AFTER steps below `early_share` of the seed's step-0 evaluation: issue 12's early-dip rule)."""
+    lines = ["", f"Per variant, 200k runs: seeds with a late fall (> {threshold:.0f} points below the running "
+             f"best after {AFTER // 1000}k steps) and with an early dip (an evaluation in the first "
+             f"{AFTER // 1000}k steps below {early_share:.0%} of the step-0 evaluation)", "",
+             "| variant | seeds | late falls | mean largest late drop | early dips |", "|---|---|---|---|---|"]
+    for variant in sorted({v for v, _ in short}):
+        runs = [c for (v, _), c in sorted(short.items()) if v == variant]
+        drops = np.array([largest_fall(c, SHORT)[0] for c in runs])
+        dips = sum(min(p["normalized_score"] for p in c if p["timesteps"] <= AFTER)
+                   < early_share * c[0]["normalized_score"] for c in runs)
+        lines.append(f"| {variant} | {len(runs)} | {int((drops > threshold).sum())} | {drops.mean():.1f} | {dips} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--long", type=Path, default=RESULTS / "finetune_300k.jsonl")
@@ -124,7 +142,7 @@ def main() -> None:
     args = p.parse_args()
     short = curves(args.short)
     lines = report(curves(args.long), short, args.threshold)
-    phases = falls_by_phase(short, time_limit(args.short))
+    phases = falls_by_phase(short, time_limit(args.short)) + falls_by_variant(short, args.threshold)
     args.out.write_text("\n".join(lines + phases) + "\n")
     print("\n".join(lines[:13] + phases))
 
