@@ -141,6 +141,10 @@ VARIANTS: dict[str, dict] = {
     "bc_ppo-rollback": {"flags": ["--mix_ratio", "0"], "hparams": {"rollback_drop": 0.3}},
     # the actor's and the critic's gradients clipped each on its own (Uni-O4), not jointly (SB3)
     "hybrid-separate_clip": {"hparams": {"grad_clip": "separate"}},
+    # the same at the joint clip's mean actor step: under it the actor's clipped gradient is so
+    # small that Adam's eps cuts its steps to ~3% (README), so 5e-5 x 0.03; the critic keeps 5e-5
+    "hybrid-separate_clip_matched": {"hparams": {"grad_clip": "separate", "learning_rate": 1.5e-6,
+                                                 "critic_learning_rate": 5e-5}},
     # the offline share's dose-response: bc_ppo is mix 0, hybrid 0.5 (QUICKSTART's default)
     "hybrid-mix_0.25": {"flags": ["--mix_ratio", "0.25"]},
     "hybrid-mix_0.75": {"flags": ["--mix_ratio", "0.75"]},
