@@ -52,6 +52,13 @@ so they differ from `hybrid-signed_offline` in one thing):
                           (policy_rollback.py); bc_ppo-rollback likewise. On seeds where the
                           base run never falls that far the run is the base run: its records
                           are derived by rollback_records.py, which checks that claim
+  hybrid-mix_0.25, hybrid-mix_0.75  --mix_ratio 0.25 / 0.75: the offline share's dose-response
+                          (bc_ppo is 0, hybrid 0.5)
+  hybrid-separate_clip    grad_clip separate: the actor's and the critic's gradients clipped
+                          each at max_grad_norm, not jointly (gradient_clipping.py)
+  hybrid-separate_clip_matched  the same with the actor's rate at 1.5e-6 (critic 5e-5): the
+                          joint clip's mean actor step (grad_clip_diag.py), so only the
+                          coupling to the critic's gradient changes
 Signed ablations:
   hybrid-no_critic_only   critic_only_updates 0
   hybrid-constant_lr      lr_schedule constant
@@ -191,23 +198,31 @@ def hparam_file(variant: str, runs: Path, env: str = "walker2d") -> Path | None:
     return path
 
 
-def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS,
-            env: str = "walker2d") -> dict:
+def command(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS,
+            env: str = "walker2d") -> tuple[list[str], str, Path]:
+    """The pipeline's command line for one run (from argv[1] on), the run's tag and its log file."""
     tag = f"{dataset}_{variant}_seed{seed}" if env == "walker2d" else f"{env}_{dataset}_{variant}_seed{seed}"
     bc_key, hybrid_key = KEYS[env]
     save_file = runs / "models" / f"{tag}.zip"
     log_file = runs / "logs" / f"{tag}.json"
-    log_file.unlink(missing_ok=True)
-    cmd = [sys.executable, str(ENTRY), "--dataset", "mujoco", "--env", env,
-           "--names", dataset, "--hparam_bc", bc_key, "--hparam_hybrid", hybrid_key,
-           "--seed", str(seed), "--skip_bc", "--total_timesteps", str(timesteps),
-           "--bc_checkpoint_dir", str(runs / "bc" / f"seed{seed}"),  # per env inside
-           "--save_file", str(save_file), "--log_file", str(log_file),
-           "--no_progress", "--torch_threads", "1", "--device", "cpu",
-           *VARIANTS[variant].get("flags", [])]
+    args = ["--dataset", "mujoco", "--env", env,
+            "--names", dataset, "--hparam_bc", bc_key, "--hparam_hybrid", hybrid_key,
+            "--seed", str(seed), "--skip_bc", "--total_timesteps", str(timesteps),
+            "--bc_checkpoint_dir", str(runs / "bc" / f"seed{seed}"),  # per env inside
+            "--save_file", str(save_file), "--log_file", str(log_file),
+            "--no_progress", "--torch_threads", "1", "--device", "cpu",
+            *VARIANTS[variant].get("flags", [])]
     hparams = hparam_file(variant, runs, env)
     if hparams is not None:
-        cmd += ["--hparam_file", str(hparams)]
+        args += ["--hparam_file", str(hparams)]
+    return args, tag, log_file
+
+
+def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS,
+            env: str = "walker2d") -> dict:
+    args, tag, log_file = command(dataset, variant, seed, timesteps, runs, env)
+    log_file.unlink(missing_ok=True)
+    cmd = [sys.executable, str(ENTRY), *args]
     started = time.time()
     out_file = runs / "stdout" / f"{tag}.txt"
     out_file.parent.mkdir(parents=True, exist_ok=True)
