@@ -30,7 +30,7 @@ import train_hybrid_pipeline  # noqa: E402
 from critic_learning_rate import actor_and_critic_parameters  # noqa: E402
 
 RESULTS = HERE / "results"
-PHASES = ((0, 10_000, "critic-only updates"), (10_000, 30_000, ""), (30_000, 60_000, ""))
+PHASES = ((0, 10_000, "critic-only updates"), (10_000, 30_000, ""), (30_000, None, ""))  # None: to the end
 
 
 def norm(params) -> float:
@@ -86,13 +86,14 @@ def record_run(args: list[str]) -> list[dict]:
 def summary(variant: str, rows: list[dict]) -> list[str]:
     lines = []
     for low, high, note in PHASES:
-        part = [r for r in rows if low <= r["t"] < high]
+        part = [r for r in rows if low <= r["t"] and (high is None or r["t"] < high)]
         moving = [r for r in part if r["actor_adam_fraction"] is not None]
         if not part:
             continue
         med = lambda key, rs: f"{np.median([r[key] for r in rs]):.3g}" if rs else "-"  # noqa: E731
         fraction = f"{np.mean([r['actor_adam_fraction'] for r in moving]):.3f}" if moving else "-"
-        lines.append(f"| {variant} | {low // 1000}-{high // 1000}k{f' ({note})' if note else ''} | {len(part)} | "
+        span = f"{low // 1000}-{high // 1000}k" if high is not None else f"{low // 1000}k-end"
+        lines.append(f"| {variant} | {span}{f' ({note})' if note else ''} | {len(part)} | "
                      f"{med('critic', part)} | {med('actor', moving)} | {med('joint_factor', part)} | {fraction} |")
     return lines
 
