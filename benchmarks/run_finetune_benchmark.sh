@@ -88,7 +88,11 @@ phase --datasets medium-v0 --seeds 0 --variants hybrid-rollback  # one seed with
 python benchmarks/rollback_records.py --seeds $(seq 0 24)
 # 12. the offline share's dose-response: mix 0 (bc_ppo), 0.25, 0.5 (hybrid), 0.75
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-mix_0.25 hybrid-mix_0.75
-# 13. actor and critic gradients clipped apart (Uni-O4) instead of jointly (SB3), at the default
-# rate and at the joint clip's mean actor step
+# 13. actor and critic gradients clipped apart (Uni-O4) instead of jointly (SB3). First the
+# diagnostic: how the joint clip sizes the actor's steps (it set the matched variant's rate);
+# then separate clipping at the default rate and at the joint clip's mean actor step
+python benchmarks/grad_clip_diag.py --seed 1
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-separate_clip \
   hybrid-separate_clip_matched
+python benchmarks/analyze_finetune.py
+python benchmarks/late_falls.py
