@@ -6,10 +6,12 @@ critic share no trainable parameter, and the critic's gradient, from a value los
 the hundreds, is nearly all of the joint norm. The joint clip then multiplies the actor's
 gradient by about max_grad_norm / |critic's gradient|, so how far the actor moves on a
 minibatch follows the critic's error on it, not the policy's own loss: minibatches where the
-critic is far off count less, and a rising value loss slows the actor (Adam undoes a constant
-scale, not one that varies from step to step). Code that keeps an optimizer per network clips
-each network's gradient on its own (Uni-O4's `ppo_finetune/ppo.py`: 0.5 for each), so the
-actor's gradient is left alone unless it is large itself. Measured on walker2d (README).
+critic is far off count less, and a rising value loss slows the actor. Nor does Adam undo the
+scale: on walker2d the actor's clipped gradient is so small that Adam's eps (1e-5) outweighs
+sqrt(v_hat), and the actor keeps only 2-4% of Adam's normalised step
+(benchmarks/grad_clip_diag.py). Code that keeps an optimizer per network clips each network's
+gradient on its own (Uni-O4's `ppo_finetune/ppo.py`: 0.5 for each), so the actor's gradient is
+left alone unless it is large itself. Measured on walker2d, not better (README): joint stays.
 """
 
 from __future__ import annotations
