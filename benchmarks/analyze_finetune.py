@@ -270,8 +270,10 @@ def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: P
         axes[0, 0].xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
         fig.supxlabel("online env steps", fontsize=9)
         fig.supylabel(f"{unit} (10 episodes)", fontsize=9)
+        drawn = [f"{style}: {ref}" for style, ref in (("black", "hybrid"), ("grey dashed", "bc_ppo"))
+                 if ref in variants]
         fig.suptitle(f"{env} {name}{' ablations' if suffix else ''}: mean over seeds (shaded: 95% CI "
-                     "of the mean)\nblack: hybrid, grey dashed: bc_ppo, on the panel's seeds", fontsize=9)
+                     f"of the mean)\n{', '.join(drawn)}, on the panel's seeds", fontsize=9)
         fig.tight_layout()
         fig.savefig(out_dir / f"{stem}{suffix}.png", dpi=100)
         plt.close(fig)
