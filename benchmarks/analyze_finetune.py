@@ -87,15 +87,20 @@ def per_run(r: dict) -> dict:
             "wall_min": r["wall_time_s"] / 60}
 
 
+def time_limit(variants: dict[str, list[dict]]) -> int | None:
+    """The episode time limit (gym's spec) of the one env these runs used; None if several."""
+    import gymnasium as gym
+
+    env_ids = {r["config"]["env_id"] for rs in variants.values() for r in rs}
+    return gym.spec(env_ids.pop()).max_episode_steps if len(env_ids) == 1 else None
+
+
 def episode_ends(variants: dict[str, list[dict]]) -> str | None:
     """Fine-tuned evaluations (after step 0, every variant) split by whether each of their
     episodes ran to the time limit or one ended early (on walker2d: the walker fell). Why:
     a deterministic walker2d evaluation loses most of its score through falls, so this shows
     what a run that never falls scores, i.e. how much room is left above a plateau."""
-    import gymnasium as gym
-
-    env_ids = {r["config"]["env_id"] for rs in variants.values() for r in rs}
-    limit = gym.spec(env_ids.pop()).max_episode_steps if len(env_ids) == 1 else None
+    limit = time_limit(variants)
     # a record derived from its base run (rollback_records.py) repeats that run's evaluations
     evals = [e for rs in variants.values() for r in rs if not r.get("derived_from")
              for e in periodic(r["curve"])[1:] if e.get("mean_ep_length") is not None]
@@ -226,7 +231,9 @@ def mean_curve(rs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
     return steps, scores.mean(0), half
 
 
-REFERENCES = {"hybrid": dict(color="black", lw=1.0), "bc_ppo": dict(color="grey", lw=1.0, ls="--")}
+# the curves drawn in every panel: how the title names them, and their style
+REFERENCES = {"hybrid": ("black", dict(color="black", lw=1.0)),
+              "bc_ppo": ("grey dashed", dict(color="grey", lw=1.0, ls="--"))}
 
 
 def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: Path) -> None:
@@ -249,15 +256,15 @@ def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: P
                                  sharey=True, squeeze=False)
         for ax, v in zip(axes.flat, panels):
             seeds = {r["seed"] for r in group[v]}
-            for ref, style in REFERENCES.items():
+            for ref, (_, style) in REFERENCES.items():
                 same = [r for r in variants.get(ref, []) if r["seed"] in seeds]
                 if ref != v and same:
                     ax.plot(*mean_curve(same)[:2], **style)
             steps, mean, half = mean_curve(group[v])
-            ax.plot(steps, mean, color="tab:blue" if v != "hybrid" else "black", lw=1.4)
+            color = "black" if v == "hybrid" else "tab:blue"
+            ax.plot(steps, mean, color=color, lw=1.4)
             if half is not None:
-                ax.fill_between(steps, mean - half, mean + half, alpha=0.2,
-                                color="tab:blue" if v != "hybrid" else "black")
+                ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=color)
             n = len(group[v])
             ax.set_title(f"{v} ({n} seed{'s' if n > 1 else ''})", fontsize=8)
             ax.grid(alpha=0.3)
@@ -270,8 +277,7 @@ def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: P
         axes[0, 0].xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
         fig.supxlabel("online env steps", fontsize=9)
         fig.supylabel(f"{unit} (10 episodes)", fontsize=9)
-        drawn = [f"{style}: {ref}" for style, ref in (("black", "hybrid"), ("grey dashed", "bc_ppo"))
-                 if ref in variants]
+        drawn = [f"{name}: {ref}" for ref, (name, _) in REFERENCES.items() if ref in variants]
         fig.suptitle(f"{env} {name}{' ablations' if suffix else ''}: mean over seeds (shaded: 95% CI "
                      f"of the mean)\n{', '.join(drawn)}, on the panel's seeds", fontsize=9)
         fig.tight_layout()

@@ -199,8 +199,9 @@ def hparam_file(variant: str, runs: Path, env: str = "walker2d") -> Path | None:
 
 
 def command(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS,
-            env: str = "walker2d") -> tuple[list[str], str, Path]:
-    """The pipeline's command line for one run (from argv[1] on), the run's tag and its log file."""
+            env: str = "walker2d", bc_runs: Path | None = None) -> tuple[list[str], str, Path]:
+    """The pipeline's command line for one run (from argv[1] on), the run's tag and its log file.
+    BC checkpoints are per seed under `bc_runs` (default: `runs`)."""
     tag = f"{dataset}_{variant}_seed{seed}" if env == "walker2d" else f"{env}_{dataset}_{variant}_seed{seed}"
     bc_key, hybrid_key = KEYS[env]
     save_file = runs / "models" / f"{tag}.zip"
@@ -208,7 +209,7 @@ def command(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
     args = ["--dataset", "mujoco", "--env", env,
             "--names", dataset, "--hparam_bc", bc_key, "--hparam_hybrid", hybrid_key,
             "--seed", str(seed), "--skip_bc", "--total_timesteps", str(timesteps),
-            "--bc_checkpoint_dir", str(runs / "bc" / f"seed{seed}"),  # per env inside
+            "--bc_checkpoint_dir", str((bc_runs or runs) / "bc" / f"seed{seed}"),  # per env inside
             "--save_file", str(save_file), "--log_file", str(log_file),
             "--no_progress", "--torch_threads", "1", "--device", "cpu",
             *VARIANTS[variant].get("flags", [])]

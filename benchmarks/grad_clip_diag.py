@@ -118,8 +118,8 @@ def main() -> None:
              "| variant | env steps | minibatches | critic's gradient norm | actor's gradient norm "
              "| joint factor | actor's Adam fraction |", "|---|---|---|---|---|---|---|"]
     for variant in args.variants:
-        cmd, _, _ = finetune.command(args.dataset, variant, args.seed, args.timesteps, runs)
-        cmd[cmd.index("--bc_checkpoint_dir") + 1] = str(finetune.RUNS / "bc" / f"seed{args.seed}")
+        cmd, _, _ = finetune.command(args.dataset, variant, args.seed, args.timesteps, runs,
+                                     bc_runs=finetune.RUNS)
         lines += summary(variant, record_run(cmd))
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -23,16 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from analyze_finetune import load, periodic
+from analyze_finetune import EARLY_STEPS, load, per_run, periodic, time_limit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-AFTER = 50_000  # falls counted after the early phase (the early-dip rule covers 0-50k)
+AFTER = EARLY_STEPS  # falls counted after the early phase (the early-dip rule covers 0-50k)
 SHORT = 200_000  # both kinds of run evaluate at every 10k up to here: equal counts
 
 
-def curves(path: Path, dataset: str = "medium-v0") -> dict[tuple[str, int], list[dict]]:
-    """(variant, seed) -> periodic evaluations, read as analyze_finetune reads them."""
-    variants = load(path).get(("walker2d", dataset), {})
+def walker2d_runs(path: Path, dataset: str = "medium-v0") -> dict[str, list[dict]]:
+    """variant -> runs of one walker2d dataset, read as analyze_finetune reads them."""
+    return load(path).get(("walker2d", dataset), {})
+
+
+def curves(variants: dict[str, list[dict]]) -> dict[tuple[str, int], list[dict]]:
+    """(variant, seed) -> periodic evaluations."""
     return {(v, r["seed"]): periodic(r["curve"]) for v, runs in variants.items() for r in runs}
 
 
@@ -86,19 +90,11 @@ def report(long: dict, short: dict, threshold: float) -> list[str]:
     return lines
 
 
-def time_limit(path: Path, dataset: str = "medium-v0") -> int:
-    """The episode time limit of the env the runs used (gym's spec): an evaluation whose mean
-    episode length is below it had an episode end early (the walker fell)."""
-    import gymnasium as gym
-
-    (env_id,) = {r["config"]["env_id"] for runs in load(path)[("walker2d", dataset)].values() for r in runs}
-    return gym.spec(env_id).max_episode_steps
-
-
 def falls_by_phase(short: dict, limit: int, variants=("hybrid", "bc_ppo"), dataset: str = "medium-v0",
                    width: int = 50_000) -> list[str]:
     """Share of evaluations in which at least one of the episodes ended before the time limit
-    (the walker fell), and the mean episode length, by phase of the 200k runs."""
+    (the walker fell: its mean episode length is below `limit`), and the mean episode length,
+    by phase of the 200k runs."""
     n_phases = SHORT // width
     lines = ["", f"Evaluations after step 0 of the 200k runs ({dataset}) with at least one episode ending "
              "before the time limit, by phase: share (mean episode length)", "",
@@ -116,7 +112,7 @@ def falls_by_phase(short: dict, limit: int, variants=("hybrid", "bc_ppo"), datas
     return lines
 
 
-def falls_by_variant(short: dict, threshold: float, early_share: float = 0.9) -> list[str]:
+def falls_by_variant(variants: dict[str, list[dict]], threshold: float, early_share: float = 0.9) -> list[str]:
     """Per variant of the 200k runs: how many seeds fall late (a drop of more than `threshold`
     below the running best after AFTER steps) and how many dip early (an evaluation in the first
     AFTER steps below `early_share` of the seed's step-0 evaluation: issue 12's early-dip rule)."""
@@ -124,11 +120,9 @@ def falls_by_variant(short: dict, threshold: float, early_share: float = 0.9) ->
              f"best after {AFTER // 1000}k steps) and with an early dip (an evaluation in the first "
              f"{AFTER // 1000}k steps below {early_share:.0%} of the step-0 evaluation)", "",
              "| variant | seeds | late falls | mean largest late drop | early dips |", "|---|---|---|---|---|"]
-    for variant in sorted({v for v, _ in short}):
-        runs = [c for (v, _), c in sorted(short.items()) if v == variant]
-        drops = np.array([largest_fall(c, SHORT)[0] for c in runs])
-        dips = sum(min(p["normalized_score"] for p in c if p["timesteps"] <= AFTER)
-                   < early_share * c[0]["normalized_score"] for c in runs)
+    for variant, runs in sorted(variants.items()):
+        drops = np.array([largest_fall(periodic(r["curve"]), SHORT)[0] for r in runs])
+        dips = sum(per_run(r)["worst_early_pct"] < 100 * early_share for r in runs)
         lines.append(f"| {variant} | {len(runs)} | {int((drops > threshold).sum())} | {drops.mean():.1f} | {dips} |")
     return lines
 
@@ -140,9 +134,10 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=20.0)
     p.add_argument("--out", type=Path, default=RESULTS / "late_falls.md")
     args = p.parse_args()
-    short = curves(args.short)
-    lines = report(curves(args.long), short, args.threshold)
-    phases = falls_by_phase(short, time_limit(args.short)) + falls_by_variant(short, args.threshold)
+    short_runs = walker2d_runs(args.short)
+    short = curves(short_runs)
+    lines = report(curves(walker2d_runs(args.long)), short, args.threshold)
+    phases = falls_by_phase(short, time_limit(short_runs)) + falls_by_variant(short_runs, args.threshold)
     args.out.write_text("\n".join(lines + phases) + "\n")
     print("\n".join(lines[:13] + phases))
 
