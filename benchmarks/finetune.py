@@ -52,6 +52,9 @@ so they differ from `hybrid-signed_offline` in one thing):
                           (policy_rollback.py); bc_ppo-rollback likewise. On seeds where the
                           base run never falls that far the run is the base run: its records
                           are derived by rollback_records.py, which checks that claim
+  hybrid-uni_o4_separate_clip  Uni-O4's steps as Uni-O4 takes them: grad_clip separate, actor
+                          3e-5, critic 2e-4, clip 0.05 (hybrid-uni_o4_steps kept the joint
+                          clip); bc_ppo-uni_o4_separate_clip likewise at mix 0
   hybrid-mix_0.25, hybrid-mix_0.75  --mix_ratio 0.25 / 0.75: the offline share's dose-response
                           (bc_ppo is 0, hybrid 0.5)
   hybrid-separate_clip    grad_clip separate: the actor's and the critic's gradients clipped
@@ -114,6 +117,8 @@ NO_DECAY = {"log_std_decay": 0.0}
 SIGNED = {"offline_advantages": "signed"}
 ANCHOR = {"anchor_coeff": 1.0, "anchor_decay": 0.95}
 START_ANCHOR = {**ANCHOR, "anchor_coeff": 10.0, "anchor_episodes": 10}
+UNI_O4_SEPARATE = {"grad_clip": "separate", "learning_rate": 3e-5,
+                   "critic_learning_rate": 2e-4, "clip_range": 0.05}
 VARIANTS: dict[str, dict] = {
     "bc_ppo": {"flags": ["--mix_ratio", "0"]},
     "hybrid": {},
@@ -152,6 +157,11 @@ VARIANTS: dict[str, dict] = {
     # small that Adam's eps cuts its steps to ~3% (README), so 5e-5 x 0.03; the critic keeps 5e-5
     "hybrid-separate_clip_matched": {"hparams": {"grad_clip": "separate", "learning_rate": 1.5e-6,
                                                  "critic_learning_rate": 5e-5}},
+    # Uni-O4's step rule as Uni-O4 applies it (ppo_finetune/ppo.py: an Adam per network, each
+    # gradient clipped at 0.5 on its own; wm.sh: actor 3e-5, critic 2e-4; clip 0.05):
+    # hybrid-uni_o4_steps kept the joint clip, under which the actor keeps 2-4% of Adam's step
+    "hybrid-uni_o4_separate_clip": {"hparams": UNI_O4_SEPARATE},
+    "bc_ppo-uni_o4_separate_clip": {"flags": ["--mix_ratio", "0"], "hparams": UNI_O4_SEPARATE},
     # the offline share's dose-response: bc_ppo is mix 0, hybrid 0.5 (QUICKSTART's default)
     "hybrid-mix_0.25": {"flags": ["--mix_ratio", "0.25"]},
     "hybrid-mix_0.75": {"flags": ["--mix_ratio", "0.75"]},
