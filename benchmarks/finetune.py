@@ -117,8 +117,9 @@ NO_DECAY = {"log_std_decay": 0.0}
 SIGNED = {"offline_advantages": "signed"}
 ANCHOR = {"anchor_coeff": 1.0, "anchor_decay": 0.95}
 START_ANCHOR = {**ANCHOR, "anchor_coeff": 10.0, "anchor_episodes": 10}
-UNI_O4_SEPARATE = {"grad_clip": "separate", "learning_rate": 3e-5,
-                   "critic_learning_rate": 2e-4, "clip_range": 0.05}
+# Uni-O4's step sizes for walker2d-medium (ppo_finetune/scripts/mujoco_loco/wm.sh: actor 3e-5,
+# critic 2e-4; clip 0.05 its default)
+UNI_O4_STEPS = {"learning_rate": 3e-5, "critic_learning_rate": 2e-4, "clip_range": 0.05}
 VARIANTS: dict[str, dict] = {
     "bc_ppo": {"flags": ["--mix_ratio", "0"]},
     "hybrid": {},
@@ -145,8 +146,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-critic_lr": {"hparams": {"critic_learning_rate": 3e-4}},
     # Uni-O4's step sizes together (actor 3e-5, critic 2e-4 in wm.sh, clip 0.05): the two above
     # each measured one part alone
-    "hybrid-uni_o4_steps": {"hparams": {"learning_rate": 3e-5, "critic_learning_rate": 2e-4,
-                                        "clip_range": 0.05}},
+    "hybrid-uni_o4_steps": {"hparams": UNI_O4_STEPS},
     # an evaluation more than 30% below the best sends training back to the best's state
     # (seeds where the base run never falls that far: rollback_records.py)
     "hybrid-rollback": {"hparams": {"rollback_drop": 0.3}},
@@ -160,8 +160,9 @@ VARIANTS: dict[str, dict] = {
     # Uni-O4's step rule as Uni-O4 applies it (ppo_finetune/ppo.py: an Adam per network, each
     # gradient clipped at 0.5 on its own; wm.sh: actor 3e-5, critic 2e-4; clip 0.05):
     # hybrid-uni_o4_steps kept the joint clip, under which the actor keeps 2-4% of Adam's step
-    "hybrid-uni_o4_separate_clip": {"hparams": UNI_O4_SEPARATE},
-    "bc_ppo-uni_o4_separate_clip": {"flags": ["--mix_ratio", "0"], "hparams": UNI_O4_SEPARATE},
+    "hybrid-uni_o4_separate_clip": {"hparams": {**UNI_O4_STEPS, "grad_clip": "separate"}},
+    "bc_ppo-uni_o4_separate_clip": {"flags": ["--mix_ratio", "0"],
+                                    "hparams": {**UNI_O4_STEPS, "grad_clip": "separate"}},
     # the offline share's dose-response: bc_ppo is mix 0, hybrid 0.5 (QUICKSTART's default)
     "hybrid-mix_0.25": {"flags": ["--mix_ratio", "0.25"]},
     "hybrid-mix_0.75": {"flags": ["--mix_ratio", "0.75"]},

@@ -96,3 +96,17 @@ phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-separat
   hybrid-separate_clip_matched
 python benchmarks/analyze_finetune.py
 python benchmarks/late_falls.py
+# 14. the start anchor's 15-seed edge over bc_ppo tested on fresh seeds (decided before they
+# ran), then its expert check (weight 10 on all of BC's episodes; stopped after seed 3: two
+# seeds below 90% of BC already missed the rule)
+phase --datasets medium-v0 --seeds 15 16 17 18 19 20 21 22 23 24 --variants hybrid-start_anchor
+phase --datasets expert-v0 --seeds 0 1 2 3 --variants hybrid-start_anchor
+# 15. Uni-O4's step sizes with each network clipped on its own, on both methods; the expert
+# runs stopped after seed 1 (not a default candidate); fresh seeds 15-24 by the rule
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-uni_o4_separate_clip \
+  bc_ppo-uni_o4_separate_clip
+phase --datasets expert-v0 --seeds 1 --variants hybrid-uni_o4_separate_clip
+phase --datasets medium-v0 --seeds 15 16 17 18 19 20 21 22 23 24 \
+  --variants hybrid-uni_o4_separate_clip bc_ppo-uni_o4_separate_clip
+python benchmarks/analyze_finetune.py
+python benchmarks/late_falls.py
