@@ -34,6 +34,10 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-start_anchor_1   the same as hybrid-start_anchor at weight 1: the penalty is measured
                           in units of BC's noise, which is 3.5x narrower on expert-v0 (floored
                           at log_std_min) than on medium-v0, so weight 10 is ~12x stiffer there
+  bc_ppo-start_anchor     hybrid-start_anchor at --mix_ratio 0: is its edge the anchor's or
+                          the offline data's?
+  hybrid-start_anchor_uni_o4  the start anchor with Uni-O4's steps as hybrid-uni_o4_separate_clip
+                          takes them: two mechanisms against different failures, together
   hybrid-policy_average   policy_average_steps 10000: what is evaluated, kept and handed over is
                           an exponential moving average of the actor's weights with a time
                           constant of one evaluation interval; rollouts use the live policy
@@ -134,6 +138,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-start_anchor": {"hparams": START_ANCHOR},
     "hybrid-start_anchor_completed": {"hparams": {**START_ANCHOR, "anchor_keep": "completed"}},
     "hybrid-start_anchor_1": {"hparams": {**START_ANCHOR, "anchor_coeff": 1.0}},
+    "bc_ppo-start_anchor": {"flags": ["--mix_ratio", "0"], "hparams": START_ANCHOR},
     "hybrid-offline_critic_only": {"hparams": {"offline_advantages": "none"}},
     "hybrid-policy_average": {"hparams": {"policy_average_steps": 10000}},
     "hybrid-restarts": {"hparams": {"deterministic_restarts": 0.5}},
@@ -163,6 +168,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-uni_o4_separate_clip": {"hparams": {**UNI_O4_STEPS, "grad_clip": "separate"}},
     "bc_ppo-uni_o4_separate_clip": {"flags": ["--mix_ratio", "0"],
                                     "hparams": {**UNI_O4_STEPS, "grad_clip": "separate"}},
+    "hybrid-start_anchor_uni_o4": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
+                                               "grad_clip": "separate"}},
     # the offline share's dose-response: bc_ppo is mix 0, hybrid 0.5 (QUICKSTART's default)
     "hybrid-mix_0.25": {"flags": ["--mix_ratio", "0.25"]},
     "hybrid-mix_0.75": {"flags": ["--mix_ratio", "0.75"]},
