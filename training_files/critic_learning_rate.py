@@ -16,6 +16,7 @@ rate, so `PPO.load` reads them, and `two_groups` splits such a state again for H
 from __future__ import annotations
 
 import torch
+from stable_baselines3.common.save_util import load_from_zip_file
 
 
 def critic_parameters(policy) -> list[torch.nn.Parameter]:
@@ -71,3 +72,19 @@ def two_groups(policy, state: dict, ratio: float) -> dict:
             "param_groups": [{**group, "params": list(range(actor_count))},
                              {**group, "lr": group["lr"] * ratio,
                               "params": list(range(actor_count, len(index)))}]}
+
+
+def saved_parameters(policy, params: dict) -> dict:
+    """SB3's get_parameters() output with the optimizer state as SB3's one group."""
+    return {**params, "policy.optimizer": one_group(policy, params["policy.optimizer"])}
+
+
+def loaded_parameters(policy, load_path_or_dict, ratio: float, device) -> dict:
+    """Parameters to hand to SB3's set_parameters, from a dict or a zip: a one-group optimizer
+    state (SB3's zips, this module's saves) split into the actor's and critic's groups."""
+    params = (dict(load_path_or_dict) if isinstance(load_path_or_dict, dict)
+              else load_from_zip_file(load_path_or_dict, device=device, load_data=False)[1])
+    state = params.get("policy.optimizer")
+    if state is not None and len(state["param_groups"]) == 1:
+        params["policy.optimizer"] = two_groups(policy, state, ratio)
+    return params

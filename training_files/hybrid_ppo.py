@@ -16,7 +16,6 @@ no anchor), `train()` is SB3's PPO.train bit for bit (tested).
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import nullcontext
 from typing import Literal
@@ -28,16 +27,18 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.utils import explained_variance
 
-from critic_learning_rate import one_group, set_rates, split_optimizer, two_groups
+import offline_improvement
+from critic_learning_rate import loaded_parameters, saved_parameters, set_rates, split_optimizer
 from critic_thread import CriticThread, can_split, ppo_value_loss
 from critic_warmup import warm_up_critic
+from exploration_noise import decay_due, floor_log_std, lower_log_std
 from gradient_clipping import GradClip, clip_gradients
 from hparams import OODConfig
-from offline_batch import OfflineBuffer, UpdateSamples, normalise_per_source
+from offline_batch import OfflineBuffer, UpdateSamples
 from offline_data import OfflineData
 from policy_anchor import MeanActionAnchor
 from policy_average import ActorAverage
-from policy_rollback import restore, snapshot
+from update_batch import joined, online_samples, policy_advantages, sample_counts
 
 class HybridPPO(PPO):
     """PPO + offline segments with V-trace, OOD weights, a BC term and critic warm-ups.
@@ -45,12 +46,9 @@ class HybridPPO(PPO):
     :param offline_data: transitions to mix in (None: plain PPO).
     :param behaviour_policy: frozen estimate of mu (the best BC policy); ignored when the data
         carry their own behaviour log-probs.
-    :param mix_ratio: offline share of the samples in each update, with a bounded cost: up to
-        0.5 the whole rollout (N = n_steps * n_envs) is used and round(N * mix/(1-mix)) offline
-        transitions are added (N at 0.5); above 0.5 an update holds 2N samples, 2N*mix of them
-        offline and a random 2N*(1-mix) of the rollout. Continuous in mix_ratio, never more
-        than twice PPO's samples. The minibatch grows with the update so the number of gradient
-        steps equals plain PPO's.
+    :param mix_ratio: offline share of the samples in each update, at a bounded cost continuous
+        in mix_ratio (`update_batch.sample_counts`: never more than twice PPO's samples). The
+        minibatch grows with the update so the number of gradient steps equals plain PPO's.
     :param bc_coeff: weight of the OOD-weighted -log pi(a|s) on offline samples (DAPG-style),
         multiplied by bc_decay ** (updates so far) (DAPG's lambda0 * lambda1^k).
     :param warm_start_steps: value-only gradient steps on dataset returns before the first
@@ -64,10 +62,7 @@ class HybridPPO(PPO):
         not truncated), "none" only divides by their RMS.
     :param offline_policy_updates: updates on offline samples alone (one rollout's worth each,
         V-trace under the current policy, PPO's clip), after the critic warm-up and before the
-        first rollout: offline policy improvement from the data's rewards, which BC ignores.
-        One-step RL (Brandfonbrener et al. 2021) improves on BC from one critic fit of the
-        behaviour policy; BPPO / Uni-O4 do it with PPO's clipped objective, as here. PPO
-        started from BC cannot do this: its first improvement costs env steps.
+        first rollout (`offline_improvement.py`).
     :param offline_advantages: "positive" keeps only the offline samples whose V-trace
         advantage is positive in the policy gradient, max(A, 0) divided by its RMS, not
         centred (zero elsewhere; offline_advantage_centering is ignored): the data pull pi
@@ -80,10 +75,8 @@ class HybridPPO(PPO):
         offline samples stay out of the policy gradient and train the critic (and the BC
         term) only: what the data's values buy without the data's actions.
     :param log_std_decay: after each update log_std is lowered so that by the end of the run
-        it has fallen by this much in total, linearly in env steps (floored at log_std_min).
-        BC's log_std is the noise of the data; PPO at a fine-tuning learning rate barely moves
-        it, so without a schedule the policy explores with the data's noise to the end while
-        the deterministic policy is what is evaluated and handed over.
+        it has fallen by this much in total, linearly in env steps, floored at log_std_min
+        (`exploration_noise.py` says why).
     :param anchor_coeff: weight of a penalty keeping the mean action near the policy training
         started from (its KL at the start's noise, `policy_anchor.py`), multiplied by
         anchor_decay ** (updates so far); 0: off. It holds on the update's states, or on
@@ -172,18 +165,12 @@ class HybridPPO(PPO):
     def get_parameters(self) -> dict[str, dict]:
         """SB3's, with the optimizer state in SB3's one group, so that PPO.load reads it."""
         params = super().get_parameters()
-        if self.critic_learning_rate is not None:
-            params["policy.optimizer"] = one_group(self.policy, params["policy.optimizer"])
-        return params
+        return params if self.critic_learning_rate is None else saved_parameters(self.policy, params)
 
     def set_parameters(self, load_path_or_dict, exact_match: bool = True, device="auto") -> None:
         if self.critic_learning_rate is not None:
-            params = (dict(load_path_or_dict) if isinstance(load_path_or_dict, dict)
-                      else load_from_zip_file(load_path_or_dict, device=device, load_data=False)[1])
-            state = params.get("policy.optimizer")
-            if state is not None and len(state["param_groups"]) == 1:
-                params["policy.optimizer"] = two_groups(self.policy, state, self._critic_lr_ratio())
-            load_path_or_dict = params
+            load_path_or_dict = loaded_parameters(self.policy, load_path_or_dict,
+                                                  self._critic_lr_ratio(), device)
         super().set_parameters(load_path_or_dict, exact_match, device)
 
     def _critic_thread(self) -> CriticThread | None:
@@ -213,22 +200,11 @@ class HybridPPO(PPO):
 
         The result is floored at log_std_min at once, so the first rollout already uses the
         noise every later update will allow."""
-        with torch.no_grad():
-            self.policy.log_std.sub_(amount)
-        floored = self._floor_log_std()
+        floored = lower_log_std(self.policy, amount, self.log_std_min)
         if floored:
             print(f"HybridPPO: {floored} of {self.policy.log_std.numel()} log_std entries "
                   f"raised to the floor log_std_min={self.log_std_min} (BC's noise minus "
                   f"--log_std_subtract {amount} was below it)")
-
-    def _floor_log_std(self) -> int:
-        """Clamp log_std at log_std_min (if set); returns how many entries were below it."""
-        if self.log_std_min is None or not hasattr(self.policy, "log_std"):
-            return 0
-        with torch.no_grad():
-            below = int((self.policy.log_std < self.log_std_min).sum())
-            self.policy.log_std.clamp_(min=self.log_std_min)
-        return below
 
     def set_anchor_states(self, observations: np.ndarray) -> None:
         """Hold the mean-action anchor on these states instead of each update's (before learn);
@@ -262,40 +238,12 @@ class HybridPPO(PPO):
         return super().collect_rollouts(*args, **kwargs)
 
     def improve_offline(self, n_updates: int) -> None:
-        """n_updates PPO updates on offline samples alone, before the first env step (see
-        offline_policy_updates). They do not count as the online updates that the critic-only
-        phase and bc_decay count; their stats are logged once, at step 0."""
-        started = time.perf_counter()
-        # Everything the updates change, so a revert continues exactly as a run without them.
-        self._before_improvement = {
-            **snapshot(self),
-            "numpy_rng": np.random.get_state(), "torch_rng": torch.get_rng_state(),
-            "offline_rng": copy.deepcopy(self.offline.rng.bit_generator.state),
-            "n_updates": self._n_updates}
-        self._offline_only = True
-        try:
-            for _ in range(n_updates):
-                self.train()
-        finally:
-            self._offline_only = False
-        self.offline_improved = True
-        self.offline_improvement_seconds = time.perf_counter() - started
-        self.logger.record("offline_improvement/updates", n_updates)
-        self.logger.record("offline_improvement/seconds", self.offline_improvement_seconds)
-        self.logger.dump(self.num_timesteps)
+        """n_updates updates on offline samples alone (`offline_improvement.py`)."""
+        offline_improvement.improve_offline(self, n_updates)
 
     def settle_offline_improvement(self, keep: bool) -> None:
-        """Keep the offline improvement, or go back to exactly where it started (policy,
-        optimizer, random number generators, update count): a reverted run then continues as
-        the same run without offline updates would. Either way the copy is dropped."""
-        saved, self._before_improvement = self._before_improvement, None
-        if keep or saved is None:
-            return
-        restore(self, saved)  # the noise schedule has not moved: offline updates skip it
-        np.random.set_state(saved["numpy_rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        self.offline.rng.bit_generator.state = saved["offline_rng"]
-        self._n_updates = saved["n_updates"]
+        """Keep the offline improvement, or put back everything it changed."""
+        offline_improvement.settle(self, keep)
 
     def warm_up_value_function(self, grad_steps: int) -> dict:
         """Fit V to the dataset's returns with the actor frozen (see critic_warmup.py)."""
@@ -313,30 +261,8 @@ class HybridPPO(PPO):
     # ------------------------------------------------------------------ samples of one update
     def _sample_counts(self) -> tuple[int, int]:
         """(online, offline) samples of one update; see mix_ratio in the class docstring."""
-        n_rollout = self.n_steps * self.n_envs
-        if self._offline_only:
-            return 0, n_rollout
-        if self.offline is None or self.mix_ratio == 0:
-            return n_rollout, 0
-        if self.mix_ratio <= 0.5:
-            return n_rollout, int(round(n_rollout * self.mix_ratio / (1.0 - self.mix_ratio)))
-        n_offline = int(round(2 * n_rollout * self.mix_ratio))
-        return 2 * n_rollout - n_offline, n_offline
-
-    def _online_batch(self, n_samples: int) -> UpdateSamples:
-        """The rollout buffer flattened the way RolloutBuffer.get does (same sample order)."""
-        buf = self.rollout_buffer
-        flat = lambda a: buf.to_torch(buf.swap_and_flatten(a))  # noqa: E731
-        actions = flat(buf.actions)
-        ones = torch.ones(len(actions), device=self.device)
-        samples = UpdateSamples(flat(buf.observations), actions, flat(buf.log_probs).flatten(),
-                                flat(buf.values).flatten(), flat(buf.advantages).flatten(),
-                                flat(buf.returns).flatten(), ones, ones)
-        if n_samples < len(actions):
-            keep = torch.as_tensor(np.sort(self.offline.rng.choice(len(actions), n_samples,
-                                                                   replace=False)), device=self.device)
-            samples = UpdateSamples(*[field[keep] for field in samples])
-        return samples
+        return sample_counts(self.n_steps * self.n_envs, self.mix_ratio,
+                             self.offline is not None, self._offline_only)
 
     def _offline_batch(self, n_samples: int | None = None) -> tuple[UpdateSamples, dict]:
         """The update's offline segments with V-trace under the current policy and critic."""
@@ -347,16 +273,11 @@ class HybridPPO(PPO):
     def _update_samples(self) -> tuple[UpdateSamples, torch.Tensor, dict]:
         """Online then offline samples of this update, and which rows are offline."""
         n_online, n_offline = self._sample_counts()
-        parts, stats = [], {}
-        if n_online:
-            parts.append(self._online_batch(n_online))
-        if n_offline:
-            offline, stats = self._offline_batch(n_offline)
-            parts.append(offline)
-        batch = UpdateSamples(*[torch.cat(fields) for fields in zip(*parts)])
-        is_offline = torch.zeros(len(batch.actions), dtype=torch.bool, device=self.device)
-        is_offline[len(parts[0].actions) if n_online else 0:] = True  # empty slice without offline
-        return batch, is_offline, stats
+        online = (online_samples(self.rollout_buffer, n_online,
+                                 None if self.offline is None else self.offline.rng,
+                                 self.device) if n_online else None)
+        offline, stats = self._offline_batch(n_offline) if n_offline else (None, {})
+        return *joined(online, offline), stats
 
     # ------------------------------------------------------------------ update
     def train(self) -> None:
@@ -408,15 +329,9 @@ class HybridPPO(PPO):
                                                                              actions)
                     values = values.flatten()
                 offline_mb, weights = is_offline[mb], batch.weights[mb]
-                advantages = batch.advantages[mb]
-                if self.offline_advantages == "positive":  # by the raw sign, before any centring
-                    advantages = torch.where(offline_mb, advantages.clamp(min=0.0), advantages)
-                if self.normalize_advantage:  # positive: no centring, it would bring negatives back
-                    centering = ("none" if self.offline_advantages == "positive"
-                                 else self.offline_advantage_centering)
-                    advantages = normalise_per_source(advantages, batch.rhos[mb], offline_mb, centering)
-                if self.offline_advantages == "none":
-                    advantages = torch.where(offline_mb, torch.zeros_like(advantages), advantages)
+                advantages = policy_advantages(
+                    batch.advantages[mb], batch.rhos[mb], offline_mb, self.offline_advantages,
+                    self.offline_advantage_centering, self.normalize_advantage)
 
                 ratio = torch.exp(log_prob - batch.old_log_prob[mb])
                 surrogate = torch.min(advantages * ratio,
@@ -446,13 +361,9 @@ class HybridPPO(PPO):
                         bc_losses.append(bc_loss.item())
                         loss = loss + bc_coeff * bc_loss
                     if anchor_coeff > 0:
-                        if self._anchor.states is not None:  # a batch_size draw of them
-                            anchor_loss = self._anchor.penalty_on_states(self.policy, self.batch_size)
-                        else:
-                            # get_distribution/evaluate_actions left this minibatch's distribution
-                            # in action_dist (SB3's proba_distribution returns and keeps `self`).
-                            means = self.policy.action_dist.distribution.mean
-                            anchor_loss = self._anchor.penalty(means, start_means[mb])
+                        anchor_loss = self._anchor.loss(
+                            self.policy, None if start_means is None else start_means[mb],
+                            self.batch_size)
                         anchor_losses.append(anchor_loss.item())
                         loss = loss + anchor_coeff * anchor_loss
 
@@ -475,7 +386,7 @@ class HybridPPO(PPO):
 
                 clip_gradients(self.policy, self.max_grad_norm, self.grad_clip)
                 self.policy.optimizer.step()
-                self._floor_log_std()
+                floor_log_std(self.policy, self.log_std_min)
             self._n_updates += 1
             if not continue_training:
                 break
@@ -507,10 +418,9 @@ class HybridPPO(PPO):
         every PPO ratio still starts at 1."""
         if self.log_std_decay <= 0 or not hasattr(self.policy, "log_std"):
             return
-        due = self.log_std_decay * (1.0 - self._current_progress_remaining) - self.log_std_decayed
-        with torch.no_grad():
-            self.policy.log_std.sub_(due)
-        self._floor_log_std()
+        due = decay_due(self.log_std_decay, 1.0 - self._current_progress_remaining,
+                        self.log_std_decayed)
+        lower_log_std(self.policy, due, self.log_std_min)
         self.log_std_decayed += due
 
     def _record_train_stats(self, entropy_losses, pg_losses, value_losses, bc_losses,

@@ -69,3 +69,12 @@ class MeanActionAnchor:
                                device=self.states.device)
         means = policy.get_distribution(self.states[rows]).distribution.mean
         return self.penalty(means, self.states_start_means[rows])
+
+    def loss(self, policy, start_means: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The penalty for one minibatch: on `batch` of the fixed states, or on the minibatch's
+        own states, whose distribution get_distribution/evaluate_actions has just left in
+        policy.action_dist (SB3's proba_distribution keeps and returns `self`), against
+        `start_means`, the start's means on those states."""
+        if self.states is not None:
+            return self.penalty_on_states(policy, batch)
+        return self.penalty(policy.action_dist.distribution.mean, start_means)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from stable_baselines3.common.callbacks import BaseCallback
+
+from exploration_noise import lower_log_std
 
 
 class PolicyRollback(BaseCallback):
@@ -80,8 +81,5 @@ def restore(model, state: dict) -> None:
     model.policy.load_state_dict(state["policy"])
     model.policy.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
     since = getattr(model, "log_std_decayed", 0.0) - state["log_std_decayed"]
-    if since and hasattr(model.policy, "log_std"):
-        with torch.no_grad():
-            model.policy.log_std.sub_(since)
-        if hasattr(model, "_floor_log_std"):  # HybridPPO's log_std_min
-            model._floor_log_std()
+    if since:  # floored at HybridPPO's log_std_min
+        lower_log_std(model.policy, since, getattr(model, "log_std_min", None))

@@ -400,6 +400,20 @@ class OfflineMixingTest(IsolatedTestCase):
         for field in batch:
             self.assertEqual(len(field), 48)
 
+    def test_update_batch_holds_a_subset_of_the_rollout_then_the_offline_rows(self):
+        # mix 0.75: 64 of the 128 rollout rows (in the buffer's order), then 192 offline rows.
+        model = make_hybrid(n_steps=128, offline_data=stochastic_data(), mix_ratio=0.75,
+                            segment_length=16)
+        model.learn(128)  # one rollout and its update; the buffer keeps that rollout
+        batch, is_offline, stats = model._update_samples()
+        self.assertEqual(is_offline.tolist(), [False] * 64 + [True] * 192)
+        rollout = model.rollout_buffer.swap_and_flatten(model.rollout_buffer.observations)
+        rows = [int(np.flatnonzero((rollout == o.numpy()).all(axis=1))[0])
+                for o in batch.observations[:64]]
+        self.assertEqual(rows, sorted(set(rows)))  # distinct rows, in the buffer's order
+        self.assertTrue(torch.equal(batch.weights[:64], torch.ones(64)))
+        self.assertEqual(stats["offline/samples"], 192)
+
     def test_sample_counts_bounded_and_continuous_in_mix_ratio(self):
         """0.99 once put ~99x PPO's samples into an update; now never more than 2x, no jumps."""
         model = make_hybrid(n_steps=128, offline_data=stochastic_data(), segment_length=16)

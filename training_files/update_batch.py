@@ -1,0 +1,75 @@
+"""What one HybridPPO update learns from: how many online and offline samples, both joined
+into one batch, and the advantages each minibatch's policy gradient uses.
+
+Why here and not in the class: the update itself (HybridPPO.train) then reads like SB3's
+PPO.train, whose batch is the rollout buffer alone; the offline half is `offline_batch.py`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from offline_batch import UpdateSamples, normalise_per_source
+
+
+def sample_counts(n_rollout: int, mix_ratio: float, has_offline: bool,
+                  offline_only: bool = False) -> tuple[int, int]:
+    """(online, offline) samples of one update, a bounded cost continuous in mix_ratio.
+
+    Up to 0.5 the whole rollout (n_rollout = n_steps * n_envs) and round(n_rollout *
+    mix/(1-mix)) offline samples; above 0.5, 2 * n_rollout samples in all, 2 * n_rollout * mix
+    of them offline. Never more than twice plain PPO's. `offline_only`: one rollout's worth of
+    offline samples (the offline improvement before the first rollout).
+    """
+    if offline_only:
+        return 0, n_rollout
+    if not has_offline or mix_ratio == 0:
+        return n_rollout, 0
+    if mix_ratio <= 0.5:
+        return n_rollout, int(round(n_rollout * mix_ratio / (1.0 - mix_ratio)))
+    n_offline = int(round(2 * n_rollout * mix_ratio))
+    return 2 * n_rollout - n_offline, n_offline
+
+
+def online_samples(buffer, n_samples: int, rng: np.random.Generator, device) -> UpdateSamples:
+    """The rollout buffer flattened the way RolloutBuffer.get does (same sample order); a sorted
+    random `n_samples` of its rows when fewer than all are used (mix_ratio above 0.5)."""
+    flat = lambda a: buffer.to_torch(buffer.swap_and_flatten(a))  # noqa: E731
+    actions = flat(buffer.actions)
+    ones = torch.ones(len(actions), device=device)
+    samples = UpdateSamples(flat(buffer.observations), actions, flat(buffer.log_probs).flatten(),
+                            flat(buffer.values).flatten(), flat(buffer.advantages).flatten(),
+                            flat(buffer.returns).flatten(), ones, ones)
+    if n_samples < len(actions):
+        keep = torch.as_tensor(np.sort(rng.choice(len(actions), n_samples, replace=False)),
+                               device=device)
+        samples = UpdateSamples(*[field[keep] for field in samples])
+    return samples
+
+
+def joined(online: UpdateSamples | None, offline: UpdateSamples | None
+           ) -> tuple[UpdateSamples, torch.Tensor]:
+    """Online rows then offline rows as one batch, and a mask of the offline rows."""
+    parts = [part for part in (online, offline) if part is not None]
+    batch = UpdateSamples(*[torch.cat(fields) for fields in zip(*parts)])
+    is_offline = torch.zeros(len(batch.actions), dtype=torch.bool, device=batch.actions.device)
+    is_offline[0 if online is None else len(online.actions):] = True
+    return batch, is_offline
+
+
+def policy_advantages(advantages: torch.Tensor, rhos: torch.Tensor, offline: torch.Tensor,
+                      offline_advantages: str, centering: str, normalize: bool) -> torch.Tensor:
+    """A minibatch's advantages as its policy gradient uses them (HybridPPO's
+    offline_advantages and offline_advantage_centering): "positive" keeps the offline rows'
+    max(A, 0) by the raw sign and divides by the RMS without centring (centring would bring
+    negatives back); "none" zeroes the offline rows after normalising; "signed" keeps both signs.
+    """
+    if offline_advantages == "positive":
+        advantages = torch.where(offline, advantages.clamp(min=0.0), advantages)
+        centering = "none"
+    if normalize:
+        advantages = normalise_per_source(advantages, rhos, offline, centering)
+    if offline_advantages == "none":
+        advantages = torch.where(offline, torch.zeros_like(advantages), advantages)
+    return advantages
