@@ -139,7 +139,10 @@ def fmt_ci(t: tuple[float, float, float]) -> str:
 
 
 # Variants that differ from each other in one thing, not from `hybrid`.
-VARIANT_PAIRS = [("hybrid-start_anchor_completed", "hybrid-start_anchor")]
+VARIANT_PAIRS = [("hybrid-start_anchor_completed", "hybrid-start_anchor"),
+                 # the two mechanisms together against each alone
+                 ("hybrid-start_anchor_uni_o4", "hybrid-start_anchor"),
+                 ("hybrid-start_anchor_uni_o4", "hybrid-uni_o4_separate_clip")]
 
 
 def baseline(variant: str, variants: dict[str, list[dict]]) -> str:

@@ -110,3 +110,12 @@ phase --datasets medium-v0 --seeds 15 16 17 18 19 20 21 22 23 24 \
   --variants hybrid-uni_o4_separate_clip bc_ppo-uni_o4_separate_clip
 python benchmarks/analyze_finetune.py
 python benchmarks/late_falls.py
+# 16. the start anchor at mix 0 (is its edge over bc_ppo the anchor's or the offline data's?);
+# the start anchor with Uni-O4's steps, clipped apart, on medium, then its expert check (stopped
+# after seed 3: seed 2 at 89% of BC already missed the rule), and the same at mix 0
+phase --datasets medium-v0 --seeds $(seq 0 24) --variants bc_ppo-start_anchor
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants hybrid-start_anchor_uni_o4
+phase --datasets expert-v0 --seeds 0 1 2 3 --variants hybrid-start_anchor_uni_o4
+phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants bc_ppo-start_anchor_uni_o4
+python benchmarks/analyze_finetune.py
+python benchmarks/late_falls.py
