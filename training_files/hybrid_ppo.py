@@ -7,9 +7,11 @@ stay apart: mu (behaviour, fixed: the frozen BC policy or the dataset's own log-
 (policy at the start of this update, the PPO ratio's denominator for both sources) and pi (the
 policy being optimised).
 
-Only `train()`, `_setup_learn()` (critic warm-up) and `collect_rollouts()` (the optional
-offline improvement before the first rollout) are overridden, calling SB3's own, so
-SB3's rollouts, logger keys and save/load stay intact; a saved zip loads with `PPO.load`. With
+Of SB3's learning loop only `train()`, `_setup_learn()` (critic warm-up) and
+`collect_rollouts()` (the optional offline improvement before the first rollout) are
+overridden, calling SB3's own (and, for a critic rate of its own, the optimizer's set-up and
+save/load), so SB3's rollouts, logger keys and save/load stay intact; a saved zip loads with
+`PPO.load`. The update's samples are `update_batch.py`'s, the offline half `offline_batch.py`'s. With
 every mechanism switched off (mix_ratio 0, bc_coeff 0, no warm-up, no critic-only updates,
 no anchor), `train()` is SB3's PPO.train bit for bit (tested).
 """
