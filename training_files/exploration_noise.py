@@ -6,7 +6,8 @@ so without a schedule the policy explores with the data's noise to the end, whil
 deterministic policy is what is evaluated and handed over. Three things lower it: the
 `--log_std_subtract` flag once at the start, HybridPPO's log_std_decay after every update, and a
 rollback (policy_rollback.py) that restores an older policy but keeps the decay applied since.
-All three floor the result at log_std_min, the entry's floor for BC's own noise.
+All three floor the result at log_std_min, the entry's floor for BC's own noise, as does
+the frozen copy of BC that serves as the behaviour policy mu (offline_batch.frozen_copy).
 """
 
 from __future__ import annotations
@@ -32,8 +33,3 @@ def lower_log_std(policy, amount: float, log_std_min: float | None) -> int:
         policy.log_std.sub_(amount)
     return floor_log_std(policy, log_std_min)
 
-
-def decay_due(total_decay: float, progress_done: float, decayed: float) -> float:
-    """How much log_std still has to fall now: the schedule lowers it by `total_decay` over the
-    run, linearly in the fraction of env steps done, and `decayed` has been applied already."""
-    return total_decay * progress_done - decayed

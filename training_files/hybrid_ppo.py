@@ -33,7 +33,7 @@ import offline_improvement
 from critic_learning_rate import loaded_parameters, saved_parameters, set_rates, split_optimizer
 from critic_thread import CriticThread, can_split, ppo_value_loss
 from critic_warmup import warm_up_critic
-from exploration_noise import decay_due, floor_log_std, lower_log_std
+from exploration_noise import floor_log_std, lower_log_std
 from gradient_clipping import GradClip, clip_gradients
 from hparams import OODConfig
 from offline_batch import OfflineBuffer, UpdateSamples
@@ -420,8 +420,7 @@ class HybridPPO(PPO):
         every PPO ratio still starts at 1."""
         if self.log_std_decay <= 0 or not hasattr(self.policy, "log_std"):
             return
-        due = decay_due(self.log_std_decay, 1.0 - self._current_progress_remaining,
-                        self.log_std_decayed)
+        due = self.log_std_decay * (1.0 - self._current_progress_remaining) - self.log_std_decayed
         lower_log_std(self.policy, due, self.log_std_min)
         self.log_std_decayed += due
 

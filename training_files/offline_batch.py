@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.utils import explained_variance
 
+from exploration_noise import floor_log_std
 from offline_data import OfflineData
 from vtrace import vtrace
 
@@ -88,8 +89,7 @@ def frozen_copy(policy, log_std_min: float | None):
     mu.set_training_mode(False)
     for p in mu.parameters():
         p.requires_grad_(False)
-    if log_std_min is not None and hasattr(mu, "log_std"):
-        mu.log_std.clamp_(min=log_std_min)
+    floor_log_std(mu, log_std_min)
     return mu
 
 
