@@ -39,6 +39,9 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-start_anchor_uni_o4  the start anchor with Uni-O4's steps as hybrid-uni_o4_separate_clip
                           takes them: two mechanisms against different failures, together
   bc_ppo-start_anchor_uni_o4  the same at --mix_ratio 0
+  hybrid-start_anchor_average  hybrid-start_anchor with policy_average_steps 10000: the
+                          anchor against the gap to PPO-from-BC, the average against single dips
+  hybrid-start_anchor_uni_o4_average  hybrid-start_anchor_uni_o4 with the same average
   hybrid-policy_average   policy_average_steps 10000: what is evaluated, kept and handed over is
                           an exponential moving average of the actor's weights with a time
                           constant of one evaluation interval; rollouts use the live policy
@@ -173,6 +176,12 @@ VARIANTS: dict[str, dict] = {
                                                "grad_clip": "separate"}},
     "bc_ppo-start_anchor_uni_o4": {"flags": ["--mix_ratio", "0"],
                                    "hparams": {**START_ANCHOR, **UNI_O4_STEPS, "grad_clip": "separate"}},
+    # the anchors' expert dips are single evaluations between full ones; the weights' average
+    # (hybrid-policy_average: fewest expert dips) should damp them (session 18)
+    "hybrid-start_anchor_average": {"hparams": {**START_ANCHOR, "policy_average_steps": 10000}},
+    "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
+                                                       "grad_clip": "separate",
+                                                       "policy_average_steps": 10000}},
     # the offline share's dose-response: bc_ppo is mix 0, hybrid 0.5 (QUICKSTART's default)
     "hybrid-mix_0.25": {"flags": ["--mix_ratio", "0.25"]},
     "hybrid-mix_0.75": {"flags": ["--mix_ratio", "0.75"]},
