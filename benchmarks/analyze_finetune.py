@@ -5,7 +5,8 @@ CIs of the last-3-evaluation mean (normalised score), of the test score of the m
 hands over, and the probability that a variant beats `bc_ppo` (and that the variant an
 ablation differs from in one thing beats it). A seed's "BC score" is its evaluation at step 0
 (the BC actor, same episode seeds as every later evaluation). Dip figures are each seed's
-worst evaluation relative to that score.
+worst evaluation relative to that score. Last, on walker2d, one table of what each mechanism
+bought against the variant it differs from in one thing, in the goals' terms (mechanism_table).
 
   python benchmarks/analyze_finetune.py   # -> finetune_summary.md/.json, finetune_*.png
 """
@@ -142,7 +143,21 @@ def fmt_ci(t: tuple[float, float, float]) -> str:
 VARIANT_PAIRS = [("hybrid-start_anchor_completed", "hybrid-start_anchor"),
                  # the two mechanisms together against each alone
                  ("hybrid-start_anchor_uni_o4", "hybrid-start_anchor"),
-                 ("hybrid-start_anchor_uni_o4", "hybrid-uni_o4_separate_clip")]
+                 ("hybrid-start_anchor_uni_o4", "hybrid-uni_o4_separate_clip"),
+                 # the weights' average added to each (session 18)
+                 ("hybrid-start_anchor_average", "hybrid-start_anchor"),
+                 ("hybrid-start_anchor_average", "hybrid-policy_average"),
+                 ("hybrid-start_anchor_uni_o4_average", "hybrid-start_anchor_uni_o4")]
+
+
+# Combinations of two measured mechanisms: the mechanism table compares each with the variant
+# holding the first one alone.
+COMBINED_FROM = {"hybrid-anchor_offline_critic_only": "hybrid-anchor",
+                 "hybrid-start_anchor_completed": "hybrid-start_anchor",
+                 "hybrid-start_anchor_uni_o4": "hybrid-start_anchor",
+                 "hybrid-start_anchor_average": "hybrid-start_anchor",
+                 "hybrid-start_anchor_uni_o4_average": "hybrid-start_anchor_uni_o4",
+                 "bc_ppo-start_anchor_uni_o4": "bc_ppo-start_anchor"}
 
 
 def baseline(variant: str, variants: dict[str, list[dict]]) -> str:
@@ -221,7 +236,55 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
                 md.append(f"- P({x} > {y}) = {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}] over seeds {seeds}")
             md.append("")
         plot_curves(env, name, variants, out_dir)
+    md += mechanism_table(runs, reps=reps)
     return "\n".join(md), js
+
+
+def mechanism_table(runs: dict[tuple[str, str], dict[str, list[dict]]], env: str = "walker2d",
+                    reps: int = REPS, min_seeds: int = 3) -> list[str]:
+    """One row per mechanism: each variant against the variant it differs from in one thing
+    (baseline(); `bc_ppo` for the bc_ppo-* ones), on the seeds both ran, on medium-v0 and,
+    where it ran, expert-v0: what each mechanism bought, in the goals' own terms."""
+    medium, expert = runs.get((env, "medium-v0"), {}), runs.get((env, "expert-v0"), {})
+    base_of = lambda v, vs: (COMBINED_FROM.get(v) or  # noqa: E731
+                             ("bc_ppo" if v.startswith("bc_ppo-") else baseline(v, vs)))
+
+    def common(vs, v, base):
+        seeds = sorted({r["seed"] for r in vs.get(v, [])} & {r["seed"] for r in vs.get(base, [])})
+        pick = lambda name: [per_run(r) for r in vs[name] if r["seed"] in seeds]  # noqa: E731
+        return seeds, (pick(v), pick(base)) if seeds else ([], [])
+
+    lines = [f"### {env}: which mechanism buys what", "",
+             "Each variant against the variant it differs from in one thing, on the seeds both ran. "
+             "Medium: last-3 IQM of both, P(variant > baseline) [95% CI], seeds with an early dip "
+             "(an evaluation in the first 50k steps below 90% of BC). Expert, on the seeds both ran: "
+             "worst evaluation of any seed as % of its BC, and last-3 IQM against BC's IQM.", "",
+             "| variant | baseline | medium seeds | last-3 IQM, variant / baseline | P(variant > baseline) "
+             "| early dips, variant / baseline | expert seeds | worst, % of BC, variant / baseline "
+             "| last-3 IQM, variant / BC |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for v in sorted(medium):
+        base = base_of(v, medium)
+        if v in ("hybrid", "bc_ppo") or base not in medium:
+            continue
+        seeds, (mine, theirs) = common(medium, v, base)
+        if len(seeds) < min_seeds:
+            continue
+        col = lambda rows, k: np.array([r[k] for r in rows])  # noqa: E731
+        p = prob_improvement(col(mine, "last3"), col(theirs, "last3"), reps)
+        dips = lambda rows: sum(r["worst_early_pct"] < 90 for r in rows)  # noqa: E731
+        row = (f"| {v} | {base} | {len(seeds)} | {iqm_ci(col(mine, 'last3'), reps)[0]:.1f} / "
+               f"{iqm_ci(col(theirs, 'last3'), reps)[0]:.1f} | {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}] | "
+               f"{dips(mine)} / {dips(theirs)} |")
+        e_seeds, (e_mine, e_theirs) = common(expert, v, base_of(v, expert))
+        if e_seeds:
+            row += (f" {len(e_seeds)} | {col(e_mine, 'worst_pct').min():.0f}% / "
+                    f"{col(e_theirs, 'worst_pct').min():.0f}% | {iqm_ci(col(e_mine, 'last3'), reps)[0]:.1f}"
+                    f" / {iqm_ci(col(e_mine, 'bc_score'), reps)[0]:.1f} |")
+        else:
+            row += " 0 | - | - |"
+        lines.append(row)
+    return lines + [""] if len(lines) > 6 else []
 
 
 def mean_curve(rs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
