@@ -119,3 +119,15 @@ phase --datasets expert-v0 --seeds 0 1 2 3 --variants hybrid-start_anchor_uni_o4
 phase --datasets medium-v0 --seeds 0 1 2 3 4 5 6 7 8 9 --variants bc_ppo-start_anchor_uni_o4
 python benchmarks/analyze_finetune.py
 python benchmarks/late_falls.py
+# 17. the start anchor with the averaged actor (the average damps single-evaluation dips), and
+# that with Uni-O4's steps clipped apart: expert first, seeds in the order 2, 3, 0, 1, 4-9 (the
+# anchor's worst first), each stopped at its first evaluation < 90% of BC (the second variant
+# at seed 2; the first at seed 8, after seeds 0-7 had run); then, not a test, the first on
+# medium seeds 0-24; and whether the anchor enlarges the actor's share of Adam's step
+phase --datasets expert-v0 --seeds 2 3 0 1 4 5 6 7 8 9 --variants hybrid-start_anchor_average
+phase --datasets expert-v0 --seeds 2 --variants hybrid-start_anchor_uni_o4_average
+phase --datasets medium-v0 --seeds $(seq 0 24) --variants hybrid-start_anchor_average
+python benchmarks/grad_clip_diag.py --seed 8 --dataset expert-v0 --variants hybrid hybrid-start_anchor \
+  --out benchmarks/results/grad_clip_diag_expert_seed8.md
+python benchmarks/analyze_finetune.py
+python benchmarks/late_falls.py
