@@ -131,3 +131,7 @@ python benchmarks/grad_clip_diag.py --seed 8 --dataset expert-v0 --variants hybr
   --out benchmarks/results/grad_clip_diag_expert_seed8.md
 python benchmarks/analyze_finetune.py
 python benchmarks/late_falls.py
+# 18. expert seeds 10-19 for `hybrid` and the anchor with the averaged actor, side by side: do
+# their expert dip counts differ on fresh seeds? (the rule was written before the runs: the
+# issue notes of 2026-11-27, session 18)
+phase --datasets expert-v0 --seeds $(seq 10 19) --variants hybrid hybrid-start_anchor_average
