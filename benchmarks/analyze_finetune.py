@@ -243,11 +243,15 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
 def mechanism_table(runs: dict[tuple[str, str], dict[str, list[dict]]], env: str = "walker2d",
                     reps: int = REPS, min_seeds: int = 3) -> list[str]:
     """One row per mechanism: each variant against the variant it differs from in one thing
-    (baseline(); `bc_ppo` for the bc_ppo-* ones), on the seeds both ran, on medium-v0 and,
-    where it ran, expert-v0: what each mechanism bought, in the goals' own terms."""
+    (COMBINED_FROM for combinations, `bc_ppo` for the other bc_ppo-* ones, else baseline()),
+    on the seeds both ran, on medium-v0 and, where both ran, expert-v0: what each mechanism
+    bought, in the goals' own terms."""
     medium, expert = runs.get((env, "medium-v0"), {}), runs.get((env, "expert-v0"), {})
     base_of = lambda v, vs: (COMBINED_FROM.get(v) or  # noqa: E731
                              ("bc_ppo" if v.startswith("bc_ppo-") else baseline(v, vs)))
+
+    col = lambda rows, k: np.array([r[k] for r in rows])  # noqa: E731
+    dips = lambda rows: sum(r["worst_early_pct"] < 90 for r in rows)  # noqa: E731
 
     def common(vs, v, base):
         seeds = sorted({r["seed"] for r in vs.get(v, [])} & {r["seed"] for r in vs.get(base, [])})
@@ -270,9 +274,7 @@ def mechanism_table(runs: dict[tuple[str, str], dict[str, list[dict]]], env: str
         seeds, (mine, theirs) = common(medium, v, base)
         if len(seeds) < min_seeds:
             continue
-        col = lambda rows, k: np.array([r[k] for r in rows])  # noqa: E731
         p = prob_improvement(col(mine, "last3"), col(theirs, "last3"), reps)
-        dips = lambda rows: sum(r["worst_early_pct"] < 90 for r in rows)  # noqa: E731
         row = (f"| {v} | {base} | {len(seeds)} | {iqm_ci(col(mine, 'last3'), reps)[0]:.1f} / "
                f"{iqm_ci(col(theirs, 'last3'), reps)[0]:.1f} | {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}] | "
                f"{dips(mine)} / {dips(theirs)} |")
