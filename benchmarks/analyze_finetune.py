@@ -139,25 +139,19 @@ def fmt_ci(t: tuple[float, float, float]) -> str:
     return f"{t[0]:.1f} [{t[1]:.1f}, {t[2]:.1f}]"
 
 
-# Variants that differ from each other in one thing, not from `hybrid`.
-VARIANT_PAIRS = [("hybrid-start_anchor_completed", "hybrid-start_anchor"),
+# Variants that differ from each other in one thing, not from `hybrid`. A combination's first
+# pair names the variant holding its first mechanism alone: the mechanism table's baseline.
+VARIANT_PAIRS = [("hybrid-anchor_offline_critic_only", "hybrid-anchor"),
+                 ("hybrid-start_anchor_completed", "hybrid-start_anchor"),
                  # the two mechanisms together against each alone
                  ("hybrid-start_anchor_uni_o4", "hybrid-start_anchor"),
                  ("hybrid-start_anchor_uni_o4", "hybrid-uni_o4_separate_clip"),
+                 ("bc_ppo-start_anchor_uni_o4", "bc_ppo-start_anchor"),
                  # the weights' average added to each (session 18)
                  ("hybrid-start_anchor_average", "hybrid-start_anchor"),
                  ("hybrid-start_anchor_average", "hybrid-policy_average"),
                  ("hybrid-start_anchor_uni_o4_average", "hybrid-start_anchor_uni_o4")]
-
-
-# Combinations of two measured mechanisms: the mechanism table compares each with the variant
-# holding the first one alone.
-COMBINED_FROM = {"hybrid-anchor_offline_critic_only": "hybrid-anchor",
-                 "hybrid-start_anchor_completed": "hybrid-start_anchor",
-                 "hybrid-start_anchor_uni_o4": "hybrid-start_anchor",
-                 "hybrid-start_anchor_average": "hybrid-start_anchor",
-                 "hybrid-start_anchor_uni_o4_average": "hybrid-start_anchor_uni_o4",
-                 "bc_ppo-start_anchor_uni_o4": "bc_ppo-start_anchor"}
+COMBINED_FROM = {x: y for x, y in reversed(VARIANT_PAIRS)}  # reversed: the first pair wins
 
 
 def baseline(variant: str, variants: dict[str, list[dict]]) -> str:
