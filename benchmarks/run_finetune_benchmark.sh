@@ -135,3 +135,9 @@ python benchmarks/late_falls.py
 # their expert dip counts differ on fresh seeds? (the rule was written before the runs: the
 # issue notes of 2026-11-27, session 18)
 phase --datasets expert-v0 --seeds $(seq 10 19) --variants hybrid hybrid-start_anchor_average
+# 19. the default, PPO-from-BC and the averaged anchor on medium-v1, other episodes of the same
+# medium policy that no setting was chosen on: do the medium-v0 findings hold on other data?
+# (written before the runs: the issue notes of 2026-11-27, session 19)
+phase --datasets medium-v1 --seeds $(seq 0 9) --variants hybrid bc_ppo hybrid-start_anchor_average
+python benchmarks/analyze_finetune.py
+python benchmarks/late_falls.py

@@ -69,17 +69,20 @@ class BundledRecipe:
     use_contact_forces=True for D4RL's 111-dim observation)."""
 
 
-# expert-v0 and expert-v1 are two collections of the same expert with different seeds. The
-# expert acts deterministically: its sampled actions make it fall now and then (stochastic mean
-# return ~2,800 against ~3,900 deterministic, see reference_policies/README.md), and 0.1
-# Gaussian action noise already cost a third of the return. medium-v0 samples from the medium
-# policy's own Gaussian, which gives the spread a medium dataset should have.
+# expert-v0 and expert-v1 are two collections of the same expert with different seeds, medium-v0
+# and medium-v1 of the medium policy. The expert acts deterministically: its sampled actions
+# make it fall now and then (stochastic mean return ~2,800 against ~3,900 deterministic, see
+# reference_policies/README.md), and 0.1 Gaussian action noise already cost a third of the
+# return. The medium datasets sample from the medium policy's own Gaussian, which gives the
+# spread a medium dataset should have.
 BUNDLED = {
     ("mujoco", "walker2d", "expert-v0"): BundledRecipe("Walker2d-v4", "expert", seed=0,
                                                        deterministic=True),
     ("mujoco", "walker2d", "expert-v1"): BundledRecipe("Walker2d-v4", "expert", seed=1,
                                                        deterministic=True),
     ("mujoco", "walker2d", "medium-v0"): BundledRecipe("Walker2d-v4", "medium", seed=0),
+    # other episodes of the same medium policy: data no setting was chosen on (README, test G)
+    ("mujoco", "walker2d", "medium-v1"): BundledRecipe("Walker2d-v4", "medium", seed=1),
     # Ant-v4 with contact forces (D4RL's 111-dim observation); named by measured quality:
     # its sampled actions score ~22 on D4RL's scale, below a third of the expert reference.
     ("mujoco", "ant", "simple-v0"): BundledRecipe("Ant-v4", "simple", seed=0,
