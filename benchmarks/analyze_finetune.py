@@ -254,9 +254,9 @@ def mechanism_table(runs: dict[tuple[str, str], dict[str, list[dict]]], env: str
 
     lines = [f"### {env}: which mechanism buys what", "",
              "Each variant against the variant it differs from in one thing, on the seeds both ran. "
-             "Medium: last-3 IQM of both, P(variant > baseline) [95% CI], seeds with an early dip "
-             "(an evaluation in the first 50k steps below 90% of BC). Expert, on the seeds both ran: "
-             "worst evaluation of any seed as % of its BC, and last-3 IQM against BC's IQM.", "",
+             "Medium-v0: last-3 IQM of both, P(variant > baseline) [95% CI], seeds with an early dip "
+             "(an evaluation in the first 50k steps below 90% of BC). Expert-v0, on the seeds both "
+             "ran: worst evaluation of any seed as % of its BC, and last-3 IQM against BC's IQM.", "",
              "| variant | baseline | medium seeds | last-3 IQM, variant / baseline | P(variant > baseline) "
              "| early dips, variant / baseline | expert seeds | worst, % of BC, variant / baseline "
              "| last-3 IQM, variant / BC |",
