@@ -196,6 +196,9 @@ VARIANTS: dict[str, dict] = {
     "bc_ppo-log_std_decay_0": {"flags": ["--mix_ratio", "0"], "hparams": NO_DECAY},
     "hybrid-log_std_subtract_1": {"flags": ["--log_std_subtract", "1.0"],
                                   "hparams": {**NO_DECAY, **SIGNED}},
+    # test H (session 20): the noise held from the start at the default schedule's end, e^-1 of
+    # BC's (is the strong-BC early dip paid for training under BC's full noise?)
+    "hybrid-low_noise": {"flags": ["--log_std_subtract", "1.0"], "hparams": NO_DECAY},
     "hybrid-previous": {"hparams": {"critic_only_updates": 0, "lr_schedule": "constant",
                                     "offline_advantage_centering": "mean", **NO_DECAY, **SIGNED}},
 }
