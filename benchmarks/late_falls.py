@@ -10,8 +10,8 @@ in, a 200k run 20. So the comparison that answers the question is made over the 
 noise left, so if the falls came with the schedules' end phase, they would fall less there.
 
 And, over the 200k runs of `hybrid` and `bc_ppo`, how often an evaluation has a fall at all, by
-phase of the run: a steady rate shows as a flat row. Last, per variant of the 200k runs, how
-many seeds fall late and how many dip early.
+phase of the run: a steady rate shows as a flat row. Then, per variant of the 200k runs, how
+many seeds fall late and how many dip early; last, the early dips split by BC's strength.
 
   python benchmarks/late_falls.py   # -> benchmarks/results/late_falls.md
 """
@@ -127,6 +127,51 @@ def falls_by_variant(variants: dict[str, list[dict]], threshold: float, early_sh
     return lines
 
 
+def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_share: float = 0.9,
+              width: int = 50_000, min_seeds: int = 5) -> list[str]:
+    """Early dips gather where BC is strongest (README, test H): medium-v0 and -v1 pooled, the
+    seeds whose step-0 evaluation is >= `cut` against the others, for `hybrid` and `bc_ppo`;
+    then every other variant with `min_seeds` strong seeds against `hybrid` on the same
+    (dataset, seed) pairs, by 50k-step phase: share of evaluations below `early_share` of BC."""
+    n_phases = SHORT // width
+
+    def rows(variant: str) -> dict[tuple[str, int], dict]:
+        return {(d, r["seed"]): r for d, vs in runs.items() for r in vs.get(variant, [])}
+
+    def summary(records: list[dict]) -> str:
+        worst = np.array([per_run(r)["worst_early_pct"] for r in records])
+        phases = [[] for _ in range(n_phases)]
+        for r in records:
+            curve = periodic(r["curve"])
+            for point in curve[1:]:
+                k = min((point["timesteps"] - 1) // width, n_phases - 1)
+                phases[k].append(point["normalized_score"] < early_share * curve[0]["normalized_score"])
+        shares = " / ".join(f"{np.mean(p):.0%}" for p in phases)
+        return f"{int((worst < 100 * early_share).sum())} | {np.median(worst):.0f}% | {shares}"
+
+    lines = ["", f"Early dips by BC strength ({' and '.join(runs)}; strong: step-0 evaluation >= {cut:.0f}): "
+             f"seeds that dip (an evaluation in the first {AFTER // 1000}k steps below {early_share:.0%} of "
+             f"BC), median worst early evaluation (% of BC), and the share of evaluations below "
+             f"{early_share:.0%} of BC in each {width // 1000}k-step phase", "",
+             "| variant | seeds | dip | median worst early | share below, by phase |", "|---|---|---|---|---|"]
+    base = rows("hybrid")
+    strong = {k for k, r in base.items() if per_run(r)["bc_score"] >= cut}
+    for variant in ("hybrid", "bc_ppo"):
+        mine = rows(variant)
+        for label, keep in (("strong", lambda k: k in strong), ("other", lambda k: k not in strong)):
+            recs = [r for k, r in sorted(mine.items()) if k in base and keep(k)]
+            if recs:
+                lines.append(f"| {variant}, {label} BC | {len(recs)} | {summary(recs)} |")
+    variants = sorted({v for vs in runs.values() for v in vs} - {"hybrid", "bc_ppo"})
+    for variant in variants:
+        shared = sorted(k for k in rows(variant) if k in strong)
+        if len(shared) >= min_seeds:
+            mine = rows(variant)
+            lines.append(f"| {variant}, strong BC | {len(shared)} | {summary([mine[k] for k in shared])} |")
+            lines.append(f"| hybrid, the same seeds | {len(shared)} | {summary([base[k] for k in shared])} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--long", type=Path, default=RESULTS / "finetune_300k.jsonl")
@@ -138,6 +183,7 @@ def main() -> None:
     short = curves(short_runs)
     lines = report(curves(walker2d_runs(args.long)), short, args.threshold)
     phases = falls_by_phase(short, time_limit(short_runs)) + falls_by_variant(short_runs, args.threshold)
+    phases += strong_bc({d: walker2d_runs(args.short, d) for d in ("medium-v0", "medium-v1")})
     args.out.write_text("\n".join(lines + phases) + "\n")
     print("\n".join(lines[:13] + phases))
 
