@@ -164,9 +164,9 @@ def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_s
                 lines.append(f"| {variant}, {label} BC | {len(recs)} | {summary(recs)} |")
     variants = sorted({v for vs in runs.values() for v in vs} - {"hybrid", "bc_ppo"})
     for variant in variants:
-        shared = sorted(k for k in rows(variant) if k in strong)
+        mine = rows(variant)
+        shared = sorted(k for k in mine if k in strong)
         if len(shared) >= min_seeds:
-            mine = rows(variant)
             lines.append(f"| {variant}, strong BC | {len(shared)} | {summary([mine[k] for k in shared])} |")
             lines.append(f"| hybrid, the same seeds | {len(shared)} | {summary([base[k] for k in shared])} |")
     return lines
