@@ -141,7 +141,7 @@ phase --datasets expert-v0 --seeds $(seq 10 19) --variants hybrid hybrid-start_a
 phase --datasets medium-v1 --seeds $(seq 0 9) --variants hybrid bc_ppo hybrid-start_anchor_average
 python benchmarks/analyze_finetune.py
 python benchmarks/late_falls.py
-# 20. test H: the noise held at e^-1 of BC's from the start, on the strong-BC seeds (BC >= 53:
+# 20. test H: the noise held at e^-1 of BC's from the start, on the strong-BC seeds (BC 52.7 and up:
 # is the early dip paid for training under BC's full noise?), then, descriptive, on medium-v0's
 # weak-BC seeds; the rest of the plan (medium-v1's weak seeds, expert) was dropped once H came
 # out inconclusive (written before the runs: the issue notes of 2026-11-27, session 20)
