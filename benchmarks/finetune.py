@@ -42,6 +42,9 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-start_anchor_average  hybrid-start_anchor with policy_average_steps 10000: the
                           anchor against the gap to PPO-from-BC, the average against single dips
   hybrid-start_anchor_uni_o4_average  hybrid-start_anchor_uni_o4 with the same average
+  hybrid-gated_anchor     hybrid-start_anchor with anchor_gate bc_gain: its weight times
+                          clip(R_bc / R_data - 1, 0, 1), BC's episodes' return over the data's
+                          (full where BC doubles its data, none where it does no better)
   hybrid-policy_average   policy_average_steps 10000: what is evaluated, kept and handed over is
                           an exponential moving average of the actor's weights with a time
                           constant of one evaluation interval; rollouts use the live policy
@@ -179,6 +182,8 @@ VARIANTS: dict[str, dict] = {
     # the anchors' expert dips are single evaluations between full ones; the weights' average
     # (hybrid-policy_average: fewest expert dips) should damp them (session 18)
     "hybrid-start_anchor_average": {"hparams": {**START_ANCHOR, "policy_average_steps": 10000}},
+    # test J (session 21): the start anchor only as far as BC outscores its data
+    "hybrid-gated_anchor": {"hparams": {**START_ANCHOR, "anchor_gate": "bc_gain"}},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
                                                        "grad_clip": "separate",
                                                        "policy_average_steps": 10000}},
@@ -252,6 +257,12 @@ def command(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
     return args, tag, log_file
 
 
+def checkout(path: Path) -> Path:
+    """The git checkout `path` lies in (a worktree's .git is a file); `path` if none."""
+    path = path.resolve()
+    return next((folder for folder in (path, *path.parents) if (folder / ".git").exists()), path)
+
+
 def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS,
             env: str = "walker2d") -> dict:
     args, tag, log_file = command(dataset, variant, seed, timesteps, runs, env)
@@ -266,15 +277,20 @@ def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
         raise RuntimeError(f"{tag} exited {code}; see {out_file}")
     (entry,) = json.loads(log_file.read_text())
     # Paths relative to the repository (and ~ for HOME), so results name no machine's folders.
-    entry = json.loads(json.dumps(entry).replace(f"{REPO}/", "").replace(str(Path.home()), "~"))
-    cmd = [str(Path(c).relative_to(REPO)) if c.startswith(f"{REPO}/") else c for c in cmd]
+    # (runs may lie in another checkout than this script's, e.g. a worktree's runs in the main one)
+    text = json.dumps(entry)
+    for root in sorted({REPO, checkout(runs)}, key=lambda p: len(str(p)), reverse=True):
+        text = text.replace(f"{root}/", "")
+        cmd = [c[len(f"{root}/"):] if c.startswith(f"{root}/") else c for c in cmd]
+    entry = json.loads(text.replace(str(Path.home()), "~"))
     return {"env": env, "dataset": dataset, "variant": variant, "seed": seed, "timesteps": timesteps,
             "command": cmd[1:], "wall_time_s": round(time.time() - started, 1),
             "bc": entry["bc"], "warmup": entry["warmup"], "curve": entry["evaluations"],
             "best_eval": entry["best_eval"], "final_test_eval": entry["final_test_eval"],
             "result": entry["result"], "config": entry["config"]["hybrid"],
             "dataset_info": entry["dataset"],
-            **{key: entry[key] for key in ("restarts", "rollbacks") if key in entry}}
+            **{key: entry[key] for key in ("restarts", "rollbacks", "anchor_gate")
+               if key in entry}}
 
 
 def append_result(record: dict, path: Path = RESULTS) -> None:

@@ -153,3 +153,12 @@ phase --datasets medium-v0 --seeds 3 4 6 7 9 --variants hybrid-low_noise
 phase --datasets medium-v1 --seeds $(seq 10 19) --variants hybrid bc_ppo
 python benchmarks/analyze_finetune.py
 python benchmarks/late_falls.py
+# 22. test J: the start anchor weighted by BC's gain over its data (anchor_gate bc_gain), on the
+# 13 strong-BC medium seeds of test H, expert seeds 0-9 and medium-v0's weak-BC seeds 3, 4, 6, 7,
+# 9 (written before the runs: the issue notes of 2026-11-27, session 21)
+phase --datasets medium-v0 --seeds 0 1 2 5 8 13 23 24 --variants hybrid-gated_anchor
+phase --datasets medium-v1 --seeds 0 5 6 7 9 --variants hybrid-gated_anchor
+phase --datasets expert-v0 --seeds $(seq 0 9) --variants hybrid-gated_anchor
+phase --datasets medium-v0 --seeds 3 4 6 7 9 --variants hybrid-gated_anchor
+python benchmarks/analyze_finetune.py
+python benchmarks/late_falls.py

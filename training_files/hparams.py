@@ -140,6 +140,12 @@ class HybridConfig(EnvConfig):
     """With anchor_episodes > 0, which episodes' states: all, or only those that ran to the time
     limit (no fall), so that a weak start policy is held only where it succeeds (no episode
     completed: no anchor)."""
+    anchor_gate: Literal["none", "bc_gain"] = "none"
+    """none: the anchor's weight is anchor_coeff. bc_gain: anchor_coeff times
+    clip(R_bc / R_data - 1, 0, 1), R_bc the mean return of the start policy's anchor episodes
+    (anchor_episodes > 0), R_data the dataset's mean episode return: the anchor holds in full
+    where BC walks twice as far as its data, not at all where it does no better (there the
+    offline term already holds what BC learned; policy_anchor.gain_gate)."""
     policy_average_steps: int = Field(0, ge=0)
     """Time constant, in env steps, of an exponential moving average of the actor's weights;
     the average is what is evaluated, kept as the best model and saved, while rollouts come
@@ -168,6 +174,13 @@ class HybridConfig(EnvConfig):
         if self.rollback_drop > 0 and self.policy_average_steps > 0:
             raise ValueError("rollback_drop needs policy_average_steps 0: the evaluated policy "
                              "(the average) is not the one training would go back to")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_has_episodes(self) -> HybridConfig:
+        if self.anchor_gate != "none" and self.anchor_episodes == 0:
+            raise ValueError(f"anchor_gate {self.anchor_gate} needs anchor_episodes > 0: the "
+                             "gate compares the return of those BC episodes with the data's")
         return self
 
     @model_validator(mode="after")

@@ -128,6 +128,7 @@ class HybridPPO(PPO):
         self.anchor_coeff, self.anchor_decay = anchor_coeff, anchor_decay
         self._anchor: MeanActionAnchor | None = None  # made when learning starts
         self.anchor_states: np.ndarray | None = None  # None: the anchor holds on update states
+        self.anchor_gate: dict | None = None  # anchor_gate bc_gain: the returns it compared
         self.policy_average_steps = policy_average_steps
         self._actor_average: ActorAverage | None = None  # made when the actor first moves
         self.parallel_update = parallel_update
@@ -147,7 +148,8 @@ class HybridPPO(PPO):
         # The dataset and the behaviour policy are inputs, not model state: keep zips small.
         # The pre-improvement copy (for the gate's revert) is a second policy: not saved either.
         return super()._excluded_save_params() + ["offline", "_before_improvement", "_anchor",
-                                                   "anchor_states", "_actor_average", "_critic"]
+                                                   "anchor_states", "anchor_gate",
+                                                   "_actor_average", "_critic"]
 
     def _setup_model(self) -> None:
         super()._setup_model()

@@ -31,6 +31,7 @@ from evaluation import (ANCHOR_SEED_OFFSET, SELECTION_SEED_OFFSET, TEST_SEED_OFF
                         PeriodicEval, evaluate, float32_observations, visited_states)
 from hybrid_ppo import HybridPPO
 from offline_data import OfflineData
+from policy_anchor import gain_gate
 from policy_restarts import attach_policy, restart_counts, restart_wrapper
 from policy_rollback import PolicyRollback
 from preflight import best_model_file, model_file
@@ -71,6 +72,7 @@ class HybridResult:
     confirmation: dict | None = None  # confirm_best's verdict; None: not run
     bc_file: Path | None = None  # the BC policy the run started from
     rollbacks: list[dict] | None = None  # rollback_drop > 0: PolicyRollback.rollbacks
+    anchor_gate: dict | None = None  # anchor_gate bc_gain: the returns compared, the weight
 
     @property
     def rejected(self) -> bool:
@@ -149,6 +151,18 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
               f"{episodes['kept_episodes']} of {cfg.anchor_episodes} deterministic BC episodes "
               f"(anchor_keep {cfg.anchor_keep}; mean return of all {episodes['mean_reward']:.1f})"
               + ("; none kept, so no anchor" if len(states) == 0 else ""))
+        if cfg.anchor_gate == "bc_gain":
+            data_return = float(data.episode_returns.mean())
+            try:
+                gate = gain_gate(episodes["mean_reward"], data_return)
+            except ValueError as exc:
+                raise PipelineError(str(exc)) from exc
+            model.anchor_coeff = cfg.anchor_coeff * gate  # 0: no anchor at all
+            model.anchor_gate = {"bc_return": episodes["mean_reward"], "data_return": data_return,
+                                 "gate": gate, "anchor_coeff": model.anchor_coeff}
+            print(f"Anchor gate: BC's episodes {episodes['mean_reward']:.1f} against the data's "
+                  f"{data_return:.1f} per episode: weight {gate:.2f} x anchor_coeff "
+                  f"{cfg.anchor_coeff:g} = {model.anchor_coeff:.3g}")
     model.subtract_log_std(settings.log_std_subtract)
     if cfg.deterministic_restarts > 0:
         attach_policy(model.env, model.policy)
@@ -306,7 +320,7 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
                           final_eval=evaluator.history[-1], best_eval=keeper.best,
                           evaluations=evaluator.history, warmup=dict(model.warmup_stats),
                           save_error=save_error, bc_file=Path(bc_checkpoint),
-                          restarts=restarts,
+                          restarts=restarts, anchor_gate=model.anchor_gate,
                           rollbacks=None if rollback is None else rollback.rollbacks)
     if cfg.confirm_episodes > 0 and result.best_source != "bc" and not interrupted:
         clock = time.perf_counter()

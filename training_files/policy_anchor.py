@@ -16,6 +16,12 @@ only the episodes that ran to the time limit). Measured on walker2d (README Resu
 update's states it did not stop the early dips; on BC's own episodes it made them shallower
 (worst early evaluation 77-78% of BC instead of 55%) without moving the end of the run, and on
 expert data it cost evaluations (83% of BC at weight 10, 85% at weight 1). Off on every entry.
+
+How strongly (hparam anchor_gate bc_gain, `gain_gate`): in proportion to how far BC's own
+episodes outscore the data it imitated. Where BC is no better than its data (expert data; weak
+BC on medium data) the offline V-trace term already holds what BC does, and the anchor only
+slows learning or costs expert evaluations; the early dips gather on the seeds where BC
+outscores its medium data by half again or more (README Results).
 """
 
 from __future__ import annotations
@@ -24,6 +30,15 @@ import numpy as np
 import torch
 
 from offline_batch import chunked, frozen_copy
+
+
+def gain_gate(bc_return: float, data_return: float) -> float:
+    """clip(bc_return / data_return - 1, 0, 1): 0 where BC's episodes score no more than the
+    data's mean episode return, 1 from twice it (a round scale, not fitted)."""
+    if not data_return > 0:
+        raise ValueError(f"anchor_gate bc_gain needs data with a positive mean episode return "
+                         f"(got {data_return:.1f}): the gate is a ratio of returns")
+    return float(np.clip(bc_return / data_return - 1.0, 0.0, 1.0))
 
 
 @torch.no_grad()

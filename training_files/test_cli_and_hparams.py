@@ -464,6 +464,10 @@ class HparamValidationTest(IsolatedTestCase):
         self.assertEqual((hybrid.n_steps, hybrid.batch_size), (512, 128))
         self.assertEqual(bc.env_id, "Walker2d-v4")
 
+    def test_anchor_gate_needs_anchor_episodes(self):
+        self._write(hybrid={"anchor_coeff": 10.0, "anchor_gate": "bc_gain", "anchor_episodes": 0})
+        self.assertLoadError("anchor_gate bc_gain needs anchor_episodes > 0", HYBRID_KEY)
+
     def test_unknown_key_names_key_and_entry(self):
         self._write(hybrid={"learning_rat": 1e-3})
         self.assertLoadError("unknown key 'learning_rat'", HYBRID_KEY)

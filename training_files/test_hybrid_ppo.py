@@ -40,6 +40,7 @@ from critic_learning_rate import actor_and_critic_parameters  # noqa: E402
 from critic_thread import can_split  # noqa: E402
 from critic_warmup import discounted_returns  # noqa: E402
 from gradient_clipping import clip_gradients  # noqa: E402
+from errors import PipelineError  # noqa: E402
 from hybrid_ppo import HybridPPO  # noqa: E402
 from offline_batch import ood_weights  # noqa: E402
 from normalized_policy import obs_normalizer, policy_kwargs  # noqa: E402
@@ -861,6 +862,59 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
                                   progress=False)
             params[name] = PPO.load(result.save_file, device="cpu")
         self.assertTrue(params_equal(params["none"], params["completed"]))
+
+    def test_anchor_gate_weighs_the_anchor_by_bcs_gain_over_its_data(self):
+        """anchor_gate bc_gain: anchor_coeff times clip(R_bc / R_data - 1, 0, 1), R_bc the
+        return of BC's anchor episodes, R_data the data's mean episode return. Data that BC
+        does not outscore gives no anchor, and then the run is the run without one, bit for
+        bit; data without a positive return is a one-line error."""
+        from evaluation import ANCHOR_SEED_OFFSET, visited_states
+        from hybrid_training import HybridSettings, build_hybrid, train_hybrid
+
+        data = stochastic_data()
+        changes = {"anchor_coeff": 10.0, "anchor_episodes": 2, "anchor_gate": "bc_gain"}
+        bc_cfg, cfg = load_hparams("Walker2d-v4-bc-large", "Walker2d-v4-hybrid",
+                                   write_hparam_file(self.tmp / "hparam.yml", hybrid=changes))
+        ckpt = self._bc_checkpoint(data, bc_cfg)
+        _, episodes = visited_states(PPO.load(ckpt, device="cpu"), cfg.env_id, cfg.env_kwargs,
+                                     2, 5 + ANCHOR_SEED_OFFSET)
+        bc_return, data_return = episodes["mean_reward"], float(data.episode_returns.mean())
+        self.assertGreater(data_return, 0)
+
+        def settings(name, steps=128):
+            return HybridSettings(
+                mix_ratio=0.5, rho_bar=1.0, c_bar=0.95, bc_coeff=0.01, warm_start_steps=10,
+                log_std_subtract=0.0, seed=5, device="cpu", total_timesteps=steps,
+                save_file=self.work / name, tb_dir=self.work / "tb" / name)
+
+        # rewards scaled so that BC's episodes score 1.5x the data's: half the weight
+        halfway = with_fields(data, rewards=data.rewards * bc_return / (1.5 * data_return))
+        model = build_hybrid(halfway, ckpt, cfg, settings("half"))
+        model.env.close()
+        self.assertAlmostEqual(model.anchor_gate["gate"], 0.5, places=5)
+        self.assertAlmostEqual(model.anchor_coeff, 5.0, places=4)
+        self.assertEqual(model.anchor_gate["bc_return"], bc_return)
+
+        # data twice as good as BC's episodes: no anchor, the same run as anchor_coeff 0
+        better = with_fields(data, rewards=data.rewards * 2 * bc_return / data_return)
+        params = {}
+        for name, hybrid_cfg in (("gated", cfg), ("off", cfg.model_copy(update={
+                "anchor_coeff": 0.0, "anchor_episodes": 0, "anchor_gate": "none"}))):
+            result = train_hybrid(better, ckpt, hybrid_cfg, settings(name, 256), progress=False)
+            params[name] = PPO.load(result.save_file, device="cpu")
+            if name == "gated":
+                self.assertEqual(result.anchor_gate["gate"], 0.0)
+                self.assertEqual(result.anchor_gate["anchor_coeff"], 0.0)
+            else:
+                self.assertIsNone(result.anchor_gate)
+        self.assertTrue(params_equal(params["gated"], params["off"]))
+
+        with self.assertRaises(PipelineError) as cm:
+            build_hybrid(with_fields(data, rewards=-np.abs(data.rewards)), ckpt, cfg,
+                         settings("negative"))
+        self.assertIn("anchor_gate bc_gain needs data with a positive mean episode return",
+                      str(cm.exception))
+        self.assertNotIn("\n", str(cm.exception))
 
     def test_offline_improvement_is_evaluated_and_kept_only_if_not_worse(self):
         from hybrid_training import HybridSettings, train_hybrid

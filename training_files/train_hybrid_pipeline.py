@@ -352,6 +352,8 @@ def run_pipeline(args, entry: dict, on_eval=None) -> dict:
         print(f"Deterministic restarts: {result.restarts['episodes']} episodes started where the "
               f"deterministic policy had walked, {result.restarts['env_steps']} env steps of "
               f"prefixes on top of the {result.timesteps} online steps")
+    if result.anchor_gate is not None:
+        entry["anchor_gate"] = result.anchor_gate
     if result.rollbacks is not None:
         entry["rollbacks"] = result.rollbacks
         print(f"Rollbacks (rollback_drop {hybrid_cfg.rollback_drop}): {len(result.rollbacks)}"
