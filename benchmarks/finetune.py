@@ -5,7 +5,8 @@ BC checkpoint directory per seed (BC trained once per seed and dataset, reused b
 variants with --skip_bc), 200k online steps, 10-episode periodic evaluations on fixed seeds and
 the 20-episode test evaluation on other seeds. What a run logged is copied as one JSON line
 into benchmarks/results/finetune.jsonl when it finishes; a rerun skips finished runs.
-`--worker i/n` takes every n-th pending run from the i-th. `analyze_finetune.py` turns the lines into tables and plots (rliable).
+`--worker i/n` takes every n-th requested run from the i-th and runs those not yet in the
+results file. `analyze_finetune.py` turns the lines into tables and plots (rliable).
 
 Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing;
 the ablations measured before positive offline advantages became the default keep signed ones,
@@ -311,16 +312,19 @@ def main() -> None:
     p.add_argument("--timesteps", type=int, default=200_000)
     p.add_argument("--results", type=Path, default=RESULTS, help="JSON-lines results file")
     p.add_argument("--runs_dir", type=Path, default=RUNS, help="models, BC checkpoints, logs")
-    p.add_argument("--worker", default="0/1", help="i/n: this worker's share of the pending runs")
+    p.add_argument("--worker", default="0/1", help="i/n: this worker's share of the requested runs")
     args = p.parse_args()
     index, count = (int(x) for x in args.worker.split("/"))
     done = finished(args.results)
-    pending = [(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants
-               if (args.env, d, v, s, args.timesteps) not in done]
-    # Round robin: two workers on one seed share its BC (the pipeline's BC lock makes the
-    # second wait for the first's training, then reuse it).
-    mine = pending[index::count]
-    print(f"{len(pending)} runs pending, this worker takes {len(mine)}", flush=True)
+    requested = [(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants]
+    # Round robin over the runs requested, not over those still pending: workers started at
+    # different times then still take disjoint shares (over the pending list, a worker that
+    # starts after the other has finished a run takes runs the other one holds). Two workers
+    # on one seed share its BC (the pipeline's BC lock makes the second wait, then reuse it).
+    mine = [run for run in requested[index::count]
+            if (args.env, *run, args.timesteps) not in done]
+    print(f"{len(requested)} runs requested, this worker's share {len(requested[index::count])}, "
+          f"{len(mine)} of them to run", flush=True)
     for dataset, variant, seed in mine:
         print(f"-> {dataset} {variant} seed {seed}", flush=True)
         try:
