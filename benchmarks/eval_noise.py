@@ -19,6 +19,7 @@ reproduce the recorded step-0 score (same policy, same episodes; confirmation.fi
 appended to the results file as it finishes; a rerun skips seeds already there.
 
   python benchmarks/eval_noise.py --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14
+  python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)   # -> eval_noise_medium-v1.md
 """
 
 from __future__ import annotations
@@ -164,7 +165,10 @@ def main() -> None:
               f"{row['share_below_90pct']:.2f}", flush=True)
     rows = [done[s] for s in args.seeds]
     table = summary(rows) + "\n\n" + beyond_noise(rows, args.finetune_results, args.dataset)
-    (args.results.with_suffix(".md")).write_text(table + "\n")
+    # medium-v0's table keeps the name it was first published under; other data get their own
+    md = (args.results.with_suffix(".md") if args.dataset == "medium-v0"
+          else args.results.with_name(f"{args.results.stem}_{args.dataset}.md"))
+    md.write_text(table + "\n")
     print(table)
 
 

@@ -11,7 +11,8 @@ noise left, so if the falls came with the schedules' end phase, they would fall 
 
 And, over the 200k runs of `hybrid` and `bc_ppo`, how often an evaluation has a fall at all, by
 phase of the run: a steady rate shows as a flat row. Then, per variant of the 200k runs, how
-many seeds fall late and how many dip early; last, the early dips split by BC's strength.
+many seeds fall late and how many dip early; then the early dips split by BC's strength; last,
+each variant's last-3 edge over PPO-from-BC split the same way.
 
   python benchmarks/late_falls.py   # -> benchmarks/results/late_falls.md
 """
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analyze_finetune import EARLY_STEPS, load, per_run, periodic, time_limit
+from analyze_finetune import (EARLY_STEPS, REPS, load, per_run, periodic, prob_improvement,
+                              time_limit)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AFTER = EARLY_STEPS  # falls counted after the early phase (the early-dip rule covers 0-50k)
@@ -172,6 +174,39 @@ def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_s
     return lines
 
 
+def edge_by_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, min_seeds: int = 5,
+               reps: int = REPS) -> list[str]:
+    """Where each variant's edge over `bc_ppo` lies (README, "where the offline data help"):
+    medium-v0 and -v1 pooled, the last-3 mean on the seeds whose step-0 evaluation is >= `cut`
+    and on the others, against `bc_ppo` on the same (dataset, seed) pairs, with P(variant >
+    bc_ppo) [95% CI]; variants with `min_seeds` seeds in both groups."""
+    def rows(variant: str) -> dict[tuple[str, int], dict]:
+        return {(d, r["seed"]): per_run(r) for d, vs in runs.items() for r in vs.get(variant, [])}
+
+    base = rows("bc_ppo")
+    lines = ["", f"Last-3 mean against `bc_ppo` by BC strength ({' and '.join(runs)} pooled; strong: "
+             f"step-0 evaluation >= {cut:.0f}), on the seeds both ran: mean of the variant / of "
+             "`bc_ppo`, P(variant > `bc_ppo`) [95% CI]", "",
+             "| variant | strong BC: seeds | last-3 | P | other: seeds | last-3 | P |",
+             "|---|---|---|---|---|---|---|"]
+    variants = ["hybrid"] + sorted({v for vs in runs.values() for v in vs} - {"hybrid", "bc_ppo"})
+    for variant in variants:
+        mine = rows(variant)
+        cells = []
+        for strong in (True, False):
+            keys = sorted(k for k in mine if k in base and (base[k]["bc_score"] >= cut) == strong)
+            if len(keys) < min_seeds:
+                break
+            x = np.array([mine[k]["last3"] for k in keys])
+            y = np.array([base[k]["last3"] for k in keys])
+            prob = prob_improvement(x, y, reps)
+            cells.append(f"{len(keys)} | {x.mean():.1f} / {y.mean():.1f} | "
+                         f"{prob[0]:.2f} [{prob[1]:.2f}, {prob[2]:.2f}]")
+        if len(cells) == 2:
+            lines.append(f"| {variant} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--long", type=Path, default=RESULTS / "finetune_300k.jsonl")
@@ -183,7 +218,8 @@ def main() -> None:
     short = curves(short_runs)
     lines = report(curves(walker2d_runs(args.long)), short, args.threshold)
     phases = falls_by_phase(short, time_limit(short_runs)) + falls_by_variant(short_runs, args.threshold)
-    phases += strong_bc({d: walker2d_runs(args.short, d) for d in ("medium-v0", "medium-v1")})
+    medium = {d: walker2d_runs(args.short, d) for d in ("medium-v0", "medium-v1")}
+    phases += strong_bc(medium) + edge_by_bc(medium)
     args.out.write_text("\n".join(lines + phases) + "\n")
     print("\n".join(lines[:13] + phases))
 
