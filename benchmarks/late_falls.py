@@ -176,7 +176,7 @@ def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_s
 
 def edge_by_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, min_seeds: int = 5,
                reps: int = REPS) -> list[str]:
-    """Where each variant's edge over `bc_ppo` lies (README, "where the offline data help"):
+    """Where each variant's edge over `bc_ppo` lies (README, "Where HybridPPO's edge ... lies"):
     medium-v0 and -v1 pooled, the last-3 mean on the seeds whose step-0 evaluation is >= `cut`
     and on the others, against `bc_ppo` on the same (dataset, seed) pairs, with P(variant >
     bc_ppo) [95% CI]; variants with `min_seeds` seeds in both groups."""
