@@ -129,6 +129,11 @@ def falls_by_variant(variants: dict[str, list[dict]], threshold: float, early_sh
     return lines
 
 
+def pooled(runs: dict[str, dict[str, list[dict]]], variant: str) -> dict[tuple[str, int], dict]:
+    """(dataset, seed) -> `variant`'s run, over several datasets' runs (dataset -> variant -> runs)."""
+    return {(d, r["seed"]): r for d, vs in runs.items() for r in vs.get(variant, [])}
+
+
 def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_share: float = 0.9,
               width: int = 50_000, min_seeds: int = 5) -> list[str]:
     """Early dips gather where BC is strongest (README, test H): medium-v0 and -v1 pooled, the
@@ -136,9 +141,6 @@ def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_s
     then every other variant with `min_seeds` strong seeds against `hybrid` on the same
     (dataset, seed) pairs, by 50k-step phase: share of evaluations below `early_share` of BC."""
     n_phases = SHORT // width
-
-    def rows(variant: str) -> dict[tuple[str, int], dict]:
-        return {(d, r["seed"]): r for d, vs in runs.items() for r in vs.get(variant, [])}
 
     def summary(records: list[dict]) -> str:
         worst = np.array([per_run(r)["worst_early_pct"] for r in records])
@@ -156,17 +158,17 @@ def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_s
              f"BC), median worst early evaluation (% of BC), and the share of evaluations below "
              f"{early_share:.0%} of BC in each {width // 1000}k-step phase", "",
              "| variant | seeds | dip | median worst early | share below, by phase |", "|---|---|---|---|---|"]
-    base = rows("hybrid")
+    base = pooled(runs, "hybrid")
     strong = {k for k, r in base.items() if per_run(r)["bc_score"] >= cut}
     for variant in ("hybrid", "bc_ppo"):
-        mine = rows(variant)
+        mine = pooled(runs, variant)
         for label, keep in (("strong", lambda k: k in strong), ("other", lambda k: k not in strong)):
             recs = [r for k, r in sorted(mine.items()) if k in base and keep(k)]
             if recs:
                 lines.append(f"| {variant}, {label} BC | {len(recs)} | {summary(recs)} |")
     variants = sorted({v for vs in runs.values() for v in vs} - {"hybrid", "bc_ppo"})
     for variant in variants:
-        mine = rows(variant)
+        mine = pooled(runs, variant)
         shared = sorted(k for k in mine if k in strong)
         if len(shared) >= min_seeds:
             lines.append(f"| {variant}, strong BC | {len(shared)} | {summary([mine[k] for k in shared])} |")
@@ -181,7 +183,7 @@ def edge_by_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, min_se
     and on the others, against `bc_ppo` on the same (dataset, seed) pairs, with P(variant >
     bc_ppo) [95% CI]; variants with `min_seeds` seeds in both groups."""
     def rows(variant: str) -> dict[tuple[str, int], dict]:
-        return {(d, r["seed"]): per_run(r) for d, vs in runs.items() for r in vs.get(variant, [])}
+        return {k: per_run(r) for k, r in pooled(runs, variant).items()}
 
     base = rows("bc_ppo")
     lines = ["", f"Last-3 mean against `bc_ppo` by BC strength ({' and '.join(runs)} pooled; strong: "
