@@ -321,9 +321,9 @@ def main() -> None:
     # different times then still take disjoint shares (over the pending list, a worker that
     # starts after the other has finished a run takes runs the other one holds). Two workers
     # on one seed share its BC (the pipeline's BC lock makes the second wait, then reuse it).
-    mine = [run for run in requested[index::count]
-            if (args.env, *run, args.timesteps) not in done]
-    print(f"{len(requested)} runs requested, this worker's share {len(requested[index::count])}, "
+    share = requested[index::count]
+    mine = [run for run in share if (args.env, *run, args.timesteps) not in done]
+    print(f"{len(requested)} runs requested, this worker's share {len(share)}, "
           f"{len(mine)} of them to run", flush=True)
     for dataset, variant, seed in mine:
         print(f"-> {dataset} {variant} seed {seed}", flush=True)
