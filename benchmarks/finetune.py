@@ -223,6 +223,20 @@ def finished(path: Path = RESULTS) -> set[tuple]:
     return done
 
 
+def worker_share(requested: list, worker: str) -> list:
+    """The runs worker "i/n" owns: every n-th requested run from the i-th. Taken over the runs
+    requested, not over those still pending, so workers started at different times still own
+    disjoint shares (over the pending list, a worker that starts after the other has finished a
+    run takes runs the other one holds: session 21 lost six runs and ran one twice that way)."""
+    try:
+        index, count = (int(x) for x in worker.split("/"))
+    except ValueError:
+        raise ValueError(f"--worker {worker!r}: expected i/n, e.g. 0/2") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--worker {worker!r}: i must be in 0..n-1")
+    return requested[index::count]
+
+
 def hparam_file(variant: str, runs: Path, env: str = "walker2d") -> Path | None:
     """hparam.yml with the variant's changes to the hybrid entry (None: the file as it is)."""
     changes = VARIANTS[variant].get("hparams")
@@ -264,6 +278,17 @@ def checkout(path: Path) -> Path:
     return next((folder for folder in (path, *path.parents) if (folder / ".git").exists()), path)
 
 
+def without_machine_paths(entry: dict, cmd: list[str], roots: set[Path]) -> tuple[dict, list[str]]:
+    """The run log entry and command with paths relative to their checkout (and ~ for HOME),
+    so committed results name no machine's folders; the longest root first, in case one
+    checkout lies inside another."""
+    text = json.dumps(entry)
+    for root in sorted(roots, key=lambda p: len(str(p)), reverse=True):
+        text = text.replace(f"{root}/", "")
+        cmd = [c[len(f"{root}/"):] if c.startswith(f"{root}/") else c for c in cmd]
+    return json.loads(text.replace(str(Path.home()), "~")), cmd
+
+
 def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = RUNS,
             env: str = "walker2d") -> dict:
     args, tag, log_file = command(dataset, variant, seed, timesteps, runs, env)
@@ -277,13 +302,8 @@ def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
     if code != 0:
         raise RuntimeError(f"{tag} exited {code}; see {out_file}")
     (entry,) = json.loads(log_file.read_text())
-    # Paths relative to the repository (and ~ for HOME), so results name no machine's folders.
-    # (runs may lie in another checkout than this script's, e.g. a worktree's runs in the main one)
-    text = json.dumps(entry)
-    for root in sorted({REPO, checkout(runs)}, key=lambda p: len(str(p)), reverse=True):
-        text = text.replace(f"{root}/", "")
-        cmd = [c[len(f"{root}/"):] if c.startswith(f"{root}/") else c for c in cmd]
-    entry = json.loads(text.replace(str(Path.home()), "~"))
+    # runs may lie in another checkout than this script's (a worktree's runs in the main one)
+    entry, cmd = without_machine_paths(entry, cmd, {REPO, checkout(runs)})
     return {"env": env, "dataset": dataset, "variant": variant, "seed": seed, "timesteps": timesteps,
             "command": cmd[1:], "wall_time_s": round(time.time() - started, 1),
             "bc": entry["bc"], "warmup": entry["warmup"], "curve": entry["evaluations"],
@@ -314,14 +334,14 @@ def main() -> None:
     p.add_argument("--runs_dir", type=Path, default=RUNS, help="models, BC checkpoints, logs")
     p.add_argument("--worker", default="0/1", help="i/n: this worker's share of the requested runs")
     args = p.parse_args()
-    index, count = (int(x) for x in args.worker.split("/"))
-    done = finished(args.results)
     requested = [(d, v, s) for d in args.datasets for s in args.seeds for v in args.variants]
-    # Round robin over the runs requested, not over those still pending: workers started at
-    # different times then still take disjoint shares (over the pending list, a worker that
-    # starts after the other has finished a run takes runs the other one holds). Two workers
-    # on one seed share its BC (the pipeline's BC lock makes the second wait, then reuse it).
-    share = requested[index::count]
+    try:
+        share = worker_share(requested, args.worker)
+    except ValueError as exc:
+        p.error(str(exc))
+    # Two workers on one seed share its BC (the pipeline's BC lock makes the second wait, then
+    # reuse it).
+    done = finished(args.results)
     mine = [run for run in share if (args.env, *run, args.timesteps) not in done]
     print(f"{len(requested)} runs requested, this worker's share {len(share)}, "
           f"{len(mine)} of them to run", flush=True)
