@@ -6,7 +6,8 @@ variants with --skip_bc), 200k online steps, 10-episode periodic evaluations on 
 the 20-episode test evaluation on other seeds. What a run logged is copied as one JSON line
 into benchmarks/results/finetune.jsonl when it finishes; a rerun skips finished runs.
 `--worker i/n` takes every n-th requested run from the i-th and runs those not yet in the
-results file. `analyze_finetune.py` turns the lines into tables and plots (rliable).
+results file. A run on other bytes of a dataset than the file's runs of it (the same recipe
+generated on another CPU) stops the script instead of joining them. `analyze_finetune.py` turns the lines into tables and plots (rliable).
 
 Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing;
 the ablations measured before positive offline advantages became the default keep signed ones,
@@ -314,6 +315,29 @@ def run_one(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
                if key in entry}}
 
 
+def data_clash(record: dict, path: Path = RESULTS) -> str | None:
+    """Why `record` must not join the results file, or None. A bundled recipe regenerates the
+    same bytes on one machine but other episodes on another CPU (the last bit of a matrix
+    product differs and the walker's falls amplify it), and runs on other data cannot be
+    paired seed for seed with those already there."""
+    if not path.exists():
+        return None
+    digest = [source.get("sha256") for source in record["dataset_info"]["sources"]]
+    for line in path.read_text().splitlines():
+        try:
+            other = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (other.get("env", "walker2d"), other["dataset"]) != (record["env"], record["dataset"]):
+            continue
+        theirs = [source.get("sha256") for source in other["dataset_info"]["sources"]]
+        if theirs != digest:
+            return (f"{record['env']} {record['dataset']} here has sha256 {str(digest[0])[:8]}, "
+                    f"but {path.name} holds runs on sha256 {str(theirs[0])[:8]} (generated on another "
+                    f"machine?); give these runs their own --results file")
+    return None
+
+
 def append_result(record: dict, path: Path = RESULTS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
@@ -353,6 +377,9 @@ def main() -> None:
         except RuntimeError as exc:  # one failed run must not stop the others
             print(f"   FAILED: {exc}", flush=True)
             continue
+        clash = data_clash(record, args.results)
+        if clash:
+            sys.exit(f"ERROR: {clash}")
         append_result(record, args.results)
         res, bc = record["result"]["test_eval"], record["bc"]["test_eval"]
         key = "normalized_score" if res.get("normalized_score") is not None else "mean_reward"

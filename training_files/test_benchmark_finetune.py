@@ -82,6 +82,24 @@ class ResultsFileTest(unittest.TestCase):
             path.write_text(json.dumps(record) + "\n" + json.dumps({**record, "seed": 5})[:30])
             self.assertEqual(finetune.finished(path), {("walker2d", "medium-v0", "hybrid", 4, 200_000)})
 
+    def test_runs_on_other_bytes_of_a_dataset_do_not_join_the_file(self):
+        def record(dataset, sha, env="walker2d"):
+            return {"env": env, "dataset": dataset, "variant": "hybrid", "seed": 0,
+                    "timesteps": 1000, "dataset_info": {"sources": [{"sha256": sha}]}}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "finetune.jsonl"
+            self.assertIsNone(finetune.data_clash(record("medium-v0", "10b5a993ff"), path))
+            finetune.append_result(record("medium-v0", "10b5a993ff"), path)
+            finetune.append_result(record("simple-v0", "b3c7a479ff", env="ant"), path)
+            self.assertIsNone(finetune.data_clash(record("medium-v0", "10b5a993ff"), path))
+            self.assertIsNone(finetune.data_clash(record("medium-v1", "1de5ee24ff"), path))
+            self.assertIsNone(finetune.data_clash(record("simple-v0", "b3c7a479ff", "ant"), path))
+            message = finetune.data_clash(record("medium-v0", "083b3e6eff"), path)
+            self.assertEqual(message, "walker2d medium-v0 here has sha256 083b3e6e, but "
+                             "finetune.jsonl holds runs on sha256 10b5a993 (generated on another "
+                             "machine?); give these runs their own --results file")
+            self.assertIsNotNone(finetune.data_clash(record("simple-v0", "0000", "ant"), path))
+
     def test_results_name_no_machine_folder(self):
         # Runs made from a worktree inside the main checkout, written to the main one's runs dir.
         with tempfile.TemporaryDirectory() as tmp:
