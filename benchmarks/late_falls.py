@@ -15,6 +15,8 @@ many seeds fall late and how many dip early; then the early dips split by BC's s
 each variant's last-3 edge over PPO-from-BC split the same way.
 
   python benchmarks/late_falls.py   # -> benchmarks/results/late_falls.md
+  python benchmarks/late_falls.py --by_bc_only --short benchmarks/results/finetune_replication.jsonl \
+      --out benchmarks/results/late_falls_replication.md   # the replication's split by BC strength
 """
 
 from __future__ import annotations
@@ -215,12 +217,21 @@ def main() -> None:
     p.add_argument("--short", type=Path, default=RESULTS / "finetune.jsonl")
     p.add_argument("--threshold", type=float, default=20.0)
     p.add_argument("--out", type=Path, default=RESULTS / "late_falls.md")
+    p.add_argument("--by_bc_only", action="store_true",
+                   help="only the tables by BC strength, from --short (finetune_replication.jsonl "
+                        "has no 300k runs to compare)")
     args = p.parse_args()
+    medium = {d: walker2d_runs(args.short, d) for d in ("medium-v0", "medium-v1")}
+    medium = {d: vs for d, vs in medium.items() if vs}
+    if args.by_bc_only:
+        lines = strong_bc(medium) + edge_by_bc(medium)
+        args.out.write_text("\n".join(lines).lstrip("\n") + "\n")
+        print("\n".join(lines))
+        return
     short_runs = walker2d_runs(args.short)
     short = curves(short_runs)
     lines = report(curves(walker2d_runs(args.long)), short, args.threshold)
     phases = falls_by_phase(short, time_limit(short_runs)) + falls_by_variant(short_runs, args.threshold)
-    medium = {d: walker2d_runs(args.short, d) for d in ("medium-v0", "medium-v1")}
     phases += strong_bc(medium) + edge_by_bc(medium)
     args.out.write_text("\n".join(lines + phases) + "\n")
     print("\n".join(lines[:13] + phases))
