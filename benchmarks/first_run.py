@@ -28,6 +28,18 @@ QUICKSTART_MINIMAL = ["training_files/train_hybrid_pipeline.py", "--dataset", "m
                       "--hparam_hybrid", "Walker2d-v4-hybrid", "--seed", "42"]
 
 
+def cpu_model() -> dict | None:
+    """The processor's name and AVX flags as Linux reports them (None elsewhere): results
+    differ by CPU, and a virtual machine's name alone often does not tell CPUs apart."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    field = lambda name: next((l.split(":", 1)[1].strip() for l in lines if l.startswith(name)), "")
+    return {"model": field("model name"),
+            "avx": sorted(flag for flag in field("flags").split() if flag.startswith("avx"))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--extra_flags", default="", help="appended to the command (default: none)")
@@ -50,7 +62,9 @@ def main() -> None:
             sys.exit(f"the command failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
         entry = json.loads((clone / "logs" / "pipeline_runs.json").read_text())[-1]
     record = {"label": args.label, "commit": commit, "command": ["python", *cmd[1:]], "wall_time_s": round(wall, 1),
-              "stage_seconds": entry["seconds"], "cpus": os.cpu_count(),
+              "stage_seconds": entry["seconds"], "cpus": os.cpu_count(), "cpu": cpu_model(),
+              # another CPU generates other bytes of the same recipe (README, "Data without internet")
+              "dataset_sha256": [s.get("sha256") for s in entry["dataset"]["sources"]],
               "bc_test": entry["bc"]["test_eval"]["normalized_score"],
               "result": {k: entry["result"][k] for k in ("source",)} | {
                   "test": entry["result"]["test_eval"]["normalized_score"]},
