@@ -16,7 +16,7 @@ each variant's last-3 edge over PPO-from-BC split the same way.
 
   python benchmarks/late_falls.py   # -> benchmarks/results/late_falls.md
   python benchmarks/late_falls.py --by_bc_only --short benchmarks/results/finetune_replication.jsonl \
-      --out benchmarks/results/late_falls_replication.md   # the replication's split by BC strength
+      --out benchmarks/results/late_falls_replication.md --min_seeds 4   # the replication's split
 """
 
 from __future__ import annotations
@@ -220,11 +220,13 @@ def main() -> None:
     p.add_argument("--by_bc_only", action="store_true",
                    help="only the tables by BC strength, from --short (finetune_replication.jsonl "
                         "has no 300k runs to compare)")
+    p.add_argument("--min_seeds", type=int, default=5,
+                   help="fewest seeds per BC-strength group for a variant's row")
     args = p.parse_args()
     medium = {d: walker2d_runs(args.short, d) for d in ("medium-v0", "medium-v1")}
     medium = {d: vs for d, vs in medium.items() if vs}
     if args.by_bc_only:
-        lines = strong_bc(medium) + edge_by_bc(medium)
+        lines = strong_bc(medium, min_seeds=args.min_seeds) + edge_by_bc(medium, min_seeds=args.min_seeds)
         args.out.write_text("\n".join(lines).lstrip("\n") + "\n")
         print("\n".join(lines))
         return
@@ -232,7 +234,7 @@ def main() -> None:
     short = curves(short_runs)
     lines = report(curves(walker2d_runs(args.long)), short, args.threshold)
     phases = falls_by_phase(short, time_limit(short_runs)) + falls_by_variant(short_runs, args.threshold)
-    phases += strong_bc(medium) + edge_by_bc(medium)
+    phases += strong_bc(medium, min_seeds=args.min_seeds) + edge_by_bc(medium, min_seeds=args.min_seeds)
     args.out.write_text("\n".join(lines + phases) + "\n")
     print("\n".join(lines[:13] + phases))
 
