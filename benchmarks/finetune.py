@@ -7,7 +7,8 @@ the 20-episode test evaluation on other seeds. What a run logged is copied as on
 into benchmarks/results/finetune.jsonl when it finishes; a rerun skips finished runs.
 `--worker i/n` takes every n-th requested run from the i-th and runs those not yet in the
 results file. A run on other bytes of a dataset than the file's runs of it (the same recipe
-generated on another CPU) stops the script instead of joining them. `analyze_finetune.py` turns the lines into tables and plots (rliable).
+generated on another CPU) stops the script instead of joining them. `analyze_finetune.py`
+turns the lines into tables and plots (rliable).
 
 Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing;
 the ablations measured before positive offline advantages became the default keep signed ones,

@@ -67,7 +67,8 @@ class CommandTest(unittest.TestCase):
                                          (env, 3, 1000))
                         self.assertTrue(tag.endswith(f"{variant}_seed3"))
                         self.assertEqual(log_file.parent, Path(tmp) / "logs")
-                        path = Path(parsed.hparam_file) if parsed.hparam_file else finetune.REPO / "hparam.yml"
+                        path = (Path(parsed.hparam_file) if parsed.hparam_file
+                                else finetune.REPO / "hparam.yml")
                         bc_key, hybrid_key = finetune.KEYS[env]
                         _, hybrid = load_hparams(bc_key, hybrid_key, path)
                         for field, value in finetune.VARIANTS[variant].get("hparams", {}).items():
