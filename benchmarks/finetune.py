@@ -212,17 +212,22 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def finished(path: Path = RESULTS) -> set[tuple]:
+def records(path: Path = RESULTS) -> list[dict]:
+    """The results file's runs; a line cut by a crash is skipped (that run simply reruns)."""
     if not path.exists():
-        return set()
-    done = set()
+        return []
+    out = []
     for line in path.read_text().splitlines():
         try:
-            r = json.loads(line)
+            out.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # a line cut by a crash: that run simply reruns
-        done.add((r.get("env", "walker2d"), r["dataset"], r["variant"], r["seed"], r["timesteps"]))
-    return done
+            continue
+    return out
+
+
+def finished(path: Path = RESULTS) -> set[tuple]:
+    return {(r.get("env", "walker2d"), r["dataset"], r["variant"], r["seed"], r["timesteps"])
+            for r in records(path)}
 
 
 def worker_share(requested: list, worker: str) -> list:
@@ -321,14 +326,8 @@ def data_clash(record: dict, path: Path = RESULTS) -> str | None:
     same bytes on one machine but other episodes on another CPU (the last bit of a matrix
     product differs and the walker's falls amplify it), and runs on other data cannot be
     paired seed for seed with those already there."""
-    if not path.exists():
-        return None
     digest = [source.get("sha256") for source in record["dataset_info"]["sources"]]
-    for line in path.read_text().splitlines():
-        try:
-            other = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for other in records(path):
         if (other.get("env", "walker2d"), other["dataset"]) != (record["env"], record["dataset"]):
             continue
         theirs = [source.get("sha256") for source in other["dataset_info"]["sources"]]

@@ -223,14 +223,15 @@ def main() -> None:
     p.add_argument("--min_seeds", type=int, default=5,
                    help="fewest seeds per BC-strength group for a variant's row")
     args = p.parse_args()
-    medium = {d: walker2d_runs(args.short, d) for d in ("medium-v0", "medium-v1")}
-    medium = {d: vs for d, vs in medium.items() if vs}
+    short_all = load(args.short)  # read once: the file is large
+    medium = {d: short_all[("walker2d", d)] for d in ("medium-v0", "medium-v1")
+              if ("walker2d", d) in short_all}
     if args.by_bc_only:
         lines = strong_bc(medium, min_seeds=args.min_seeds) + edge_by_bc(medium, min_seeds=args.min_seeds)
         args.out.write_text("\n".join(lines).lstrip("\n") + "\n")
         print("\n".join(lines))
         return
-    short_runs = walker2d_runs(args.short)
+    short_runs = medium.get("medium-v0", {})
     short = curves(short_runs)
     lines = report(curves(walker2d_runs(args.long)), short, args.threshold)
     phases = falls_by_phase(short, time_limit(short_runs)) + falls_by_variant(short_runs, args.threshold)
