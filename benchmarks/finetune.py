@@ -125,6 +125,10 @@ KEYS = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid"),
         "ant": ("Ant-v4-bc-large", "Ant-v4-hybrid"),
         "humanoid": ("Humanoid-v4-bc-large", "Humanoid-v4-hybrid")}
 
+# What every walker2d variant is a change of: the walker2d entry before the gated anchor became
+# its default (session 23), so `hybrid`, `bc_ppo` and every ablation keep the runs they recorded
+# (README: test L'). The new default is the `hybrid-gated_anchor` variant.
+PREVIOUS_WALKER2D_DEFAULT = {"anchor_coeff": 0.0, "anchor_episodes": 0, "anchor_gate": "none"}
 NO_DECAY = {"log_std_decay": 0.0}
 # The ablations below were measured when signed offline advantages were the default: they keep
 # it, so a rerun reproduces them; they are variants of `hybrid-signed_offline`.
@@ -245,8 +249,10 @@ def worker_share(requested: list, worker: str) -> list:
 
 
 def hparam_file(variant: str, runs: Path, env: str = "walker2d") -> Path | None:
-    """hparam.yml with the variant's changes to the hybrid entry (None: the file as it is)."""
-    changes = VARIANTS[variant].get("hparams")
+    """hparam.yml with the variant's changes to the hybrid entry (None: the file as it is);
+    on walker2d, changes to PREVIOUS_WALKER2D_DEFAULT."""
+    base = PREVIOUS_WALKER2D_DEFAULT if env == "walker2d" else {}
+    changes = {**base, **VARIANTS[variant].get("hparams", {})}
     if not changes:
         return None
     bc_key, hybrid_key = KEYS[env]

@@ -142,10 +142,10 @@ class HybridConfig(EnvConfig):
     completed: no anchor)."""
     anchor_gate: Literal["none", "bc_gain"] = "none"
     """none: the anchor's weight is anchor_coeff. bc_gain: anchor_coeff times
-    clip(R_bc / R_data - 1, 0, 1), R_bc the mean return of the start policy's anchor episodes
-    (anchor_episodes > 0), R_data the dataset's mean episode return: the anchor holds in full
-    where BC walks twice as far as its data, not at all where it does no better (there the
-    offline term already holds what BC learned; policy_anchor.gain_gate)."""
+    clip((R_bc - R_data) / |R_data|, 0, 1), R_bc the mean return of the start policy's anchor
+    episodes (anchor_episodes > 0), R_data the dataset's mean episode return: the anchor holds
+    in full where BC walks twice as far as its data, not at all where it does no better (there
+    the offline term already holds what BC learned; policy_anchor.gain_gate)."""
     policy_average_steps: int = Field(0, ge=0)
     """Time constant, in env steps, of an exponential moving average of the actor's weights;
     the average is what is evaluated, kept as the best model and saved, while rollouts come

@@ -153,10 +153,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
               + ("; none kept, so no anchor" if len(states) == 0 else ""))
         if cfg.anchor_gate == "bc_gain":
             data_return = float(data.episode_returns.mean())
-            try:
-                gate = gain_gate(episodes["mean_reward"], data_return)
-            except ValueError as exc:
-                raise PipelineError(str(exc)) from exc
+            gate = gain_gate(episodes["mean_reward"], data_return)
             model.anchor_coeff = cfg.anchor_coeff * gate  # 0: no anchor at all
             model.anchor_gate = {"bc_return": episodes["mean_reward"], "data_return": data_return,
                                  "gate": gate, "anchor_coeff": model.anchor_coeff}

@@ -15,7 +15,9 @@ visits in its own deterministic episodes (hparam anchor_episodes; anchor_keep co
 only the episodes that ran to the time limit). Measured on walker2d (README Results): on the
 update's states it did not stop the early dips; on BC's own episodes it made them shallower
 (worst early evaluation 77-78% of BC instead of 55%) without moving the end of the run, and on
-expert data it cost evaluations (83% of BC at weight 10, 85% at weight 1). Off on every entry.
+expert data it cost evaluations (83% of BC at weight 10, 85% at weight 1). On the walker2d
+entry, gated (below), since 2026-11-28 (README Results, test L'); off on the ant and humanoid
+entries, where it is unmeasured.
 
 How strongly (hparam anchor_gate bc_gain, `gain_gate`): in proportion to how far BC's own
 episodes outscore the data it imitated. Where BC is no better than its data (expert data; weak
@@ -33,12 +35,19 @@ from offline_batch import chunked, frozen_copy
 
 
 def gain_gate(bc_return: float, data_return: float) -> float:
-    """clip(bc_return / data_return - 1, 0, 1): 0 where BC's episodes score no more than the
-    data's mean episode return, 1 from twice it (a round scale, not fitted)."""
-    if not data_return > 0:
-        raise ValueError(f"anchor_gate bc_gain needs data with a positive mean episode return "
-                         f"(got {data_return:.1f}): the gate is a ratio of returns")
-    return float(np.clip(bc_return / data_return - 1.0, 0.0, 1.0))
+    """BC's gain over its data as a share of the data's own return, clipped to [0, 1]:
+    clip((R_bc - R_data) / |R_data|, 0, 1). 0 where BC's episodes score no more than the data's
+    mean episode return, 1 from R_data + |R_data| (twice it when positive: a round scale, not
+    fitted). Returns need not be positive (a cost-only reward, a poor walker2d dataset):
+    dividing by |R_data| keeps "better than the data" positive on either side of 0, and at
+    R_data = 0, the limit of that, any gain is full weight."""
+    if data_return > 0:  # this expression, not the general one, keeps committed runs bit for bit
+        gain = bc_return / data_return - 1.0
+    elif data_return < 0:
+        gain = 1.0 - bc_return / data_return
+    else:
+        gain = 1.0 if bc_return > 0 else 0.0
+    return float(np.clip(gain, 0.0, 1.0))
 
 
 @torch.no_grad()

@@ -74,6 +74,22 @@ class CommandTest(unittest.TestCase):
                         for field, value in finetune.VARIANTS[variant].get("hparams", {}).items():
                             self.assertEqual(getattr(hybrid, field), value)
 
+    def test_walker2d_variants_keep_the_previous_default(self):
+        # The committed runs of `hybrid`, `bc_ppo` and the ablations were made without the
+        # anchor the walker2d entry now holds; a rerun must make the same runs.
+        entry = load_hparams(*finetune.KEYS["walker2d"])[1]
+        self.assertEqual((entry.anchor_coeff, entry.anchor_episodes, entry.anchor_gate),
+                         (10.0, 10, "bc_gain"))
+        with tempfile.TemporaryDirectory() as tmp:
+            for variant, previous in (("hybrid", (0.0, 0, "none")), ("bc_ppo", (0.0, 0, "none")),
+                                      ("hybrid-gated_anchor", (10.0, 10, "bc_gain"))):
+                with self.subTest(variant=variant):
+                    args, _, _ = finetune.command("medium-v0", variant, 0, 1000, Path(tmp))
+                    parsed = build_parser().parse_args(args)
+                    _, hybrid = load_hparams(*finetune.KEYS["walker2d"], Path(parsed.hparam_file))
+                    self.assertEqual((hybrid.anchor_coeff, hybrid.anchor_episodes,
+                                      hybrid.anchor_gate), previous)
+
 
 class ResultsFileTest(unittest.TestCase):
     def test_finished_skips_a_line_cut_by_a_crash(self):

@@ -43,6 +43,7 @@ from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_
 from hparams import HybridConfig
 from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
 from offline_batch import normalise_per_source
+from policy_anchor import gain_gate
 from policy_restarts import DeterministicRestarts, attach_policy, restart_counts, restart_wrapper
 from policy_rollback import PolicyRollback
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
@@ -232,6 +233,19 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertIsNone(model._anchor)
         plain = self._learn(steps=128, log="plain")  # the same run without any anchor
         self.assertTrue(params_equal(model, plain))
+
+    def test_gain_gate_on_either_side_of_zero(self):
+        """clip((R_bc - R_data) / |R_data|, 0, 1): the same reading for positive and negative
+        returns, defined at 0, and for positive returns exactly the ratio committed runs used."""
+        cases = [((150.0, 100.0), 0.5), ((250.0, 100.0), 1.0), ((80.0, 100.0), 0.0),
+                 ((-50.0, -100.0), 0.5), ((-150.0, -100.0), 0.0), ((20.0, -100.0), 1.0),
+                 ((5.0, 0.0), 1.0), ((0.0, 0.0), 0.0), ((-5.0, 0.0), 0.0)]
+        for (bc_return, data_return), gate in cases:
+            with self.subTest(bc_return=bc_return, data_return=data_return):
+                self.assertAlmostEqual(gain_gate(bc_return, data_return), gate)
+        for bc_return, data_return in ((3906.2, 2764.9), (1402.3, 1135.0), (0.7, 0.3)):
+            self.assertEqual(gain_gate(bc_return, data_return),
+                             float(np.clip(bc_return / data_return - 1.0, 0.0, 1.0)))
 
     def test_policy_average_is_an_ema_of_the_actor_from_its_start(self):
         """The average starts at the actor as it first moves, then folds in each update with
