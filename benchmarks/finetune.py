@@ -126,7 +126,7 @@ KEYS = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid"),
         "humanoid": ("Humanoid-v4-bc-large", "Humanoid-v4-hybrid")}
 
 # What every walker2d variant is a change of: the walker2d entry before the gated anchor became
-# its default (session 23), so `hybrid`, `bc_ppo` and every ablation keep the runs they recorded
+# its default (2026-11-28), so `hybrid`, `bc_ppo` and every ablation keep the runs they recorded
 # (README: test L'). The new default is the `hybrid-gated_anchor` variant.
 PREVIOUS_WALKER2D_DEFAULT = {"anchor_coeff": 0.0, "anchor_episodes": 0, "anchor_gate": "none"}
 NO_DECAY = {"log_std_decay": 0.0}

@@ -40,7 +40,6 @@ from critic_learning_rate import actor_and_critic_parameters  # noqa: E402
 from critic_thread import can_split  # noqa: E402
 from critic_warmup import discounted_returns  # noqa: E402
 from gradient_clipping import clip_gradients  # noqa: E402
-from errors import PipelineError  # noqa: E402
 from hybrid_ppo import HybridPPO  # noqa: E402
 from offline_batch import ood_weights  # noqa: E402
 from normalized_policy import obs_normalizer, policy_kwargs  # noqa: E402
@@ -864,8 +863,8 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
         self.assertTrue(params_equal(params["none"], params["completed"]))
 
     def test_anchor_gate_weighs_the_anchor_by_bcs_gain_over_its_data(self):
-        """anchor_gate bc_gain: anchor_coeff times clip(R_bc / R_data - 1, 0, 1), R_bc the
-        return of BC's anchor episodes, R_data the data's mean episode return. Data that BC
+        """anchor_gate bc_gain: anchor_coeff times clip((R_bc - R_data) / |R_data|, 0, 1), R_bc
+        the return of BC's anchor episodes, R_data the data's mean episode return. Data that BC
         does not outscore gives no anchor, and then the run is the run without one, bit for
         bit; data with a negative mean return has a weight too (gain_gate's own test)."""
         from evaluation import ANCHOR_SEED_OFFSET, visited_states
