@@ -48,6 +48,10 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-gated_anchor     hybrid-start_anchor with anchor_gate bc_gain: its weight times
                           clip(R_bc / R_data - 1, 0, 1), BC's episodes' return over the data's
                           (full where BC doubles its data, none where it does no better)
+  hybrid-null_anchor      hybrid-start_anchor at anchor_coeff 1e-9, ungated: the anchor's
+                          episodes and random draws (its rows come from NumPy's global RNG, so
+                          the minibatch order changes) without its pull; against `hybrid` on the
+                          same seeds, what a change of random stream alone does to a run (test P)
   hybrid-policy_average   policy_average_steps 10000: what is evaluated, kept and handed over is
                           an exponential moving average of the actor's weights with a time
                           constant of one evaluation interval; rollouts use the live policy
@@ -191,6 +195,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-start_anchor_average": {"hparams": {**START_ANCHOR, "policy_average_steps": 10000}},
     # test J (session 21): the start anchor only as far as BC outscores its data
     "hybrid-gated_anchor": {"hparams": {**START_ANCHOR, "anchor_gate": "bc_gain"}},
+    # test P (session 26): the gated anchor's random stream without its pull (README)
+    "hybrid-null_anchor": {"hparams": {**START_ANCHOR, "anchor_coeff": 1e-9}},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
                                                        "grad_clip": "separate",
                                                        "policy_average_steps": 10000}},
