@@ -84,13 +84,17 @@ def report(rows: list[tuple[str, dict, dict, dict]], variant: str, base: str, co
     for dataset, v, b, c in rows:
         gate = (c.get("anchor_gate") or {}).get("gate", float("nan"))
         lv, lb, lc = (per_run(x)["last3"] for x in (v, b, c))
-        table.append((gate, lv - lb, lc - lb, lc - lv))
+        dips = [per_run(x)["worst_early_pct"] < 90 for x in (v, b, c)]  # the early-dip rule
+        table.append((gate, lv - lb, lc - lb, lc - lv, *dips))
         lines.append(f"| {dataset} | {v['seed']} | {gate:.2f} | {first_difference(v, b)} | {lv:.1f} "
                      f"| {lb:.1f} | {lc:.1f} | {lv - lb:+.1f} | {lc - lb:+.1f} | {lc - lv:+.1f} |")
     table = np.array(table)
     lines += ["", "Paired last-3 differences: mean with 95% bootstrap CI, SD, seeds below 0, median "
               "size.", "", "| difference | seeds | mean [95% CI] | SD | below 0 | median abs |",
               "|---|---|---|---|---|---|"]
+    dips = ["", "Seeds whose worst evaluation at 10k-50k steps is below 90% of their step 0 "
+            "(the early-dip rule):", "", f"| seeds | n | {variant} | {base} | {compare} |",
+            "|---|---|---|---|---|"]
     for name, mask in (("all (gate > 0)", np.ones(len(table), bool)),
                        (f"gate < {GATE_CUT}", table[:, 0] < GATE_CUT),
                        (f"gate >= {GATE_CUT}", table[:, 0] >= GATE_CUT)):
@@ -99,6 +103,9 @@ def report(rows: list[tuple[str, dict, dict, dict]], variant: str, base: str, co
         for column, label in ((1, f"{variant} - {base}"), (2, f"{compare} - {base}"),
                               (3, f"{compare} - {variant}")):
             lines.append(difference_row(f"{name}: {label}", table[mask, column], reps))
+        dips.append(f"| {name} | {int(mask.sum())} | " + " | ".join(
+            str(int(table[mask, column].sum())) for column in (4, 5, 6)) + " |")
+    lines += dips
     lines += ["", f"By measure, all seeds: the SD of `{variant}` - `{base}`, the SD of `{base}` "
               "across these seeds, the stream's share of that variance (var(diff) / 2 / "
               "var(base)), and the seeds a paired comparison needs to see a 3- or 5-point effect "
