@@ -52,6 +52,9 @@ so they differ from `hybrid-signed_offline` in one thing):
                           episodes and random draws (its rows come from NumPy's global RNG, so
                           the minibatch order changes) without its pull; against `hybrid` on the
                           same seeds, what a change of random stream alone does to a run (test P)
+  hybrid-log_std_shift     --log_std_subtract 1e-6: the exploration noise smaller by one part in a
+                          million, the random stream untouched; against `hybrid`, what the
+                          smallest change to the parameters does to a run (test Q)
   hybrid-policy_average   policy_average_steps 10000: what is evaluated, kept and handed over is
                           an exponential moving average of the actor's weights with a time
                           constant of one evaluation interval; rollouts use the live policy
@@ -197,6 +200,8 @@ VARIANTS: dict[str, dict] = {
     "hybrid-gated_anchor": {"hparams": {**START_ANCHOR, "anchor_gate": "bc_gain"}},
     # test P (session 26): the gated anchor's random stream without its pull (README)
     "hybrid-null_anchor": {"hparams": {**START_ANCHOR, "anchor_coeff": 1e-9}},
+    # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
+    "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
                                                        "grad_clip": "separate",
                                                        "policy_average_steps": 10000}},
