@@ -6,13 +6,16 @@ shuffles every later minibatch differently, and from the first actor update on t
 diverge. `hybrid-null_anchor` is that draw without the pull (anchor weight 1e-9): paired with
 `hybrid` on the same seeds, its differences are what the random stream alone does to a
 comparison. Held against them: the gated anchor's differences from `hybrid` on the same seeds,
-split by the gate (README's gate-size hypothesis, tests N and O).
+split by the gate (README's gate-size hypothesis, tests N and O). `hybrid-log_std_shift` asks
+the same with the random stream kept: the exploration noise smaller by 1e-6 (test Q).
 
 Per measure, the paired differences' SD gives the seeds a paired comparison needs to see an
 effect of a given size at 80% power, two-sided 5%: n = ((1.96 + 0.84) SD / effect)^2; the
 share of the across-seed variance that is the stream's is var(difference) / 2 over var(base).
 
   python benchmarks/stream_noise.py   # -> benchmarks/results/stream_noise_replication.md
+  python benchmarks/stream_noise.py --variant hybrid-log_std_shift \
+      --out benchmarks/results/stream_noise_log_std_shift.md   # test Q
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def triples(path: Path, variant: str, base: str, compare: str) -> list[tuple[str
             continue
         by_seed = {v: {r["seed"]: r for r in variants.get(v, [])} for v in (base, compare)}
         out += [(dataset, r, by_seed[base][r["seed"]], by_seed[compare][r["seed"]])
-                for r in variants[variant] if r["seed"] in by_seed[base] and r["seed"] in by_seed[compare]]
+                for r in variants[variant]
+                if r["seed"] in by_seed[base] and r["seed"] in by_seed[compare]]
     return out
 
 
@@ -73,7 +77,8 @@ def difference_row(label: str, d: np.ndarray, reps: int) -> str:
 
 def report(rows: list[tuple[str, dict, dict, dict]], variant: str, base: str, compare: str,
            reps: int = REPS) -> list[str]:
-    lines = [f"# Run-to-run noise from the random stream: `{variant}` against `{base}`", "",
+    lines = [f"# Run-to-run noise: `{variant}` against `{base}`, runs that differ in one "
+             "negligible thing", "",
              f"Same seeds, same BC; `{compare}` beside them. Last-3 = mean of the last three "
              "periodic evaluations (normalised). `first diff`: the first evaluation step at "
              f"which `{variant}` and `{base}` differ (earlier ones are bit for bit the same).", "",
@@ -107,10 +112,10 @@ def report(rows: list[tuple[str, dict, dict, dict]], variant: str, base: str, co
             str(int(table[mask, column].sum())) for column in (4, 5, 6)) + " |")
     lines += dips
     lines += ["", f"By measure, all seeds: the SD of `{variant}` - `{base}`, the SD of `{base}` "
-              "across these seeds, the stream's share of that variance (var(diff) / 2 / "
-              "var(base)), and the seeds a paired comparison needs to see a 3- or 5-point effect "
+              "across these seeds, the share of that variance this negligible change alone makes "
+              "(var(diff) / 2 / var(base)), and the seeds a paired comparison needs to see a 3- or 5-point effect "
               "(80% power, two-sided 5%).", "",
-              "| measure | SD of the difference | mean difference | SD across seeds | stream's share "
+              "| measure | SD of the difference | mean difference | SD across seeds | share "
               "| seeds for 3 points | seeds for 5 points |", "|---|---|---|---|---|---|---|"]
     for name, measure in MEASURES.items():
         d = np.array([measure(v) - measure(b) for _, v, b, _ in rows])
