@@ -124,12 +124,18 @@ def iqm(values: np.ndarray) -> float:
     return float(metrics.aggregate_iqm(values.reshape(-1, 1)))
 
 
-def iqm_ci(values: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
+def aggregate_ci(values: np.ndarray, aggregate, reps: int = REPS) -> tuple[float, float, float]:
+    """rliable's `aggregate` (e.g. metrics.aggregate_iqm) over runs, with its 95%
+    stratified-bootstrap CI: (point, low, high)."""
     np.random.seed(0)  # see prob_improvement: the global RNG is drawn from as well
     point, interval = rly.get_interval_estimates(
-        {"x": values.reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]),
+        {"x": values.reshape(-1, 1)}, lambda x: np.array([aggregate(x)]),
         reps=reps, random_state=np.random.RandomState(0))
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def iqm_ci(values: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
+    return aggregate_ci(values, metrics.aggregate_iqm, reps)
 
 
 def prob_improvement(x: np.ndarray, y: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:

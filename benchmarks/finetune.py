@@ -52,7 +52,7 @@ so they differ from `hybrid-signed_offline` in one thing):
                           episodes and random draws (its rows come from NumPy's global RNG, so
                           the minibatch order changes) without its pull; against `hybrid` on the
                           same seeds, what a change of random stream alone does to a run (test P)
-  hybrid-log_std_shift     --log_std_subtract 1e-6: the exploration noise smaller by one part in a
+  hybrid-log_std_shift    --log_std_subtract 1e-6: the exploration noise smaller by one part in a
                           million, the random stream untouched; against `hybrid`, what the
                           smallest change to the parameters does to a run (test Q)
   hybrid-policy_average   policy_average_steps 10000: what is evaluated, kept and handed over is

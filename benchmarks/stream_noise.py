@@ -24,10 +24,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from rliable import library as rly
 from rliable import metrics
 
-from analyze_finetune import REPS, load, per_run, periodic, score
+from analyze_finetune import REPS, aggregate_ci, load, per_run, periodic, score
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GATE_CUT = 0.4  # test O's cut, fixed before its runs
@@ -39,15 +38,6 @@ MEASURES = {
     "handed-over model, 20-episode test": lambda r: per_run(r)["result_test"],
     "final model, 20-episode test": lambda r: per_run(r)["final_test"],
 }
-
-
-def mean_ci(values: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
-    """Mean with rliable's 95% bootstrap CI over runs (the same rule as the IQM tables)."""
-    np.random.seed(0)
-    point, interval = rly.get_interval_estimates(
-        {"x": values.reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_mean(x)]),
-        reps=reps, random_state=np.random.RandomState(0))
-    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
 def triples(path: Path, variant: str, base: str, compare: str) -> list[tuple[str, dict, dict, dict]]:
@@ -70,7 +60,7 @@ def first_difference(a: dict, b: dict) -> int | None:
 
 
 def difference_row(label: str, d: np.ndarray, reps: int) -> str:
-    mean, low, high = mean_ci(d, reps)
+    mean, low, high = aggregate_ci(d, metrics.aggregate_mean, reps)
     return (f"| {label} | {len(d)} | {mean:+.1f} [{low:+.1f}, {high:+.1f}] | {d.std(ddof=1):.1f} "
             f"| {int((d < 0).sum())} | {np.median(np.abs(d)):.1f} |")
 
@@ -88,8 +78,9 @@ def report(rows: list[tuple[str, dict, dict, dict]], variant: str, base: str, co
     table = []
     for dataset, v, b, c in rows:
         gate = (c.get("anchor_gate") or {}).get("gate", float("nan"))
-        lv, lb, lc = (per_run(x)["last3"] for x in (v, b, c))
-        dips = [per_run(x)["worst_early_pct"] < 90 for x in (v, b, c)]  # the early-dip rule
+        summaries = [per_run(x) for x in (v, b, c)]
+        lv, lb, lc = (r["last3"] for r in summaries)
+        dips = [r["worst_early_pct"] < 90 for r in summaries]  # the early-dip rule
         table.append((gate, lv - lb, lc - lb, lc - lv, *dips))
         lines.append(f"| {dataset} | {v['seed']} | {gate:.2f} | {first_difference(v, b)} | {lv:.1f} "
                      f"| {lb:.1f} | {lc:.1f} | {lv - lb:+.1f} | {lc - lb:+.1f} | {lc - lv:+.1f} |")
@@ -113,8 +104,8 @@ def report(rows: list[tuple[str, dict, dict, dict]], variant: str, base: str, co
     lines += dips
     lines += ["", f"By measure, all seeds: the SD of `{variant}` - `{base}`, the SD of `{base}` "
               "across these seeds, the share of that variance this negligible change alone makes "
-              "(var(diff) / 2 / var(base)), and the seeds a paired comparison needs to see a 3- or 5-point effect "
-              "(80% power, two-sided 5%).", "",
+              "(var(diff) / 2 / var(base)), and the seeds a paired comparison needs to see a 3- "
+              "or 5-point effect (80% power, two-sided 5%).", "",
               "| measure | SD of the difference | mean difference | SD across seeds | share "
               "| seeds for 3 points | seeds for 5 points |", "|---|---|---|---|---|---|---|"]
     for name, measure in MEASURES.items():
