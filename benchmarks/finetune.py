@@ -52,6 +52,10 @@ so they differ from `hybrid-signed_offline` in one thing):
                           episodes and random draws (its rows come from NumPy's global RNG, so
                           the minibatch order changes) without its pull; against `hybrid` on the
                           same seeds, what a change of random stream alone does to a run (test P)
+  hybrid-gated_anchor_offline_critic_only  the gated default with offline_advantages none:
+                          offline samples train the critic and the BC term, not the policy
+                          gradient (test W: the default stalls at its data's level on
+                          walker2d simple-v0, data no better than BC)
   hybrid-log_std_shift    --log_std_subtract 1e-6: the exploration noise smaller by one part in a
                           million, the random stream untouched; against `hybrid`, what the
                           smallest change to the parameters does to a run (test Q)
@@ -200,6 +204,10 @@ VARIANTS: dict[str, dict] = {
     "hybrid-gated_anchor": {"hparams": {**START_ANCHOR, "anchor_gate": "bc_gain"}},
     # test P (session 26): the gated anchor's random stream without its pull (README)
     "hybrid-null_anchor": {"hparams": {**START_ANCHOR, "anchor_coeff": 1e-9}},
+    # test W: the default with no offline policy gradient (offline samples train the critic and
+    # the BC term only), the candidate against the stall on data no better than BC
+    "hybrid-gated_anchor_offline_critic_only": {"hparams": {**START_ANCHOR, "anchor_gate": "bc_gain",
+                                                            "offline_advantages": "none"}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
     "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
