@@ -138,8 +138,9 @@ KEYS = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid"),
 
 # What every walker2d variant is a change of: the walker2d entry before the gated anchor became
 # its default (2026-11-28), with positive offline advantages, so `hybrid`, `bc_ppo` and every
-# ablation keep the runs they recorded (README: test L'). The default became the `hybrid-gated_anchor` variant, and since test W
-# (2026-11-28, session 27) `hybrid-gated_anchor_offline_critic_only`.
+# ablation keep the runs they recorded (README: test L'). The default became the
+# `hybrid-gated_anchor` variant, and since test W (2026-11-28, session 27)
+# `hybrid-gated_anchor_offline_critic_only`.
 PREVIOUS_WALKER2D_DEFAULT = {"anchor_coeff": 0.0, "anchor_episodes": 0, "anchor_gate": "none",
                              "offline_advantages": "positive"}
 NO_DECAY = {"log_std_decay": 0.0}

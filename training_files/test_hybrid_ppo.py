@@ -922,7 +922,8 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
 
         data = stochastic_data()
         changes = {"offline_policy_updates": 8, "offline_improvement_gate": True,
-                   "critic_only_updates": 5}  # the actor moves offline only
+                   "critic_only_updates": 5,  # the actor moves offline only
+                   "offline_advantages": "positive"}  # offline samples in the policy gradient
         bc_cfg, cfg = load_hparams("Walker2d-v4-bc-large", "Walker2d-v4-hybrid",
                                    write_hparam_file(self.tmp / "hparam.yml", hybrid=changes))
         ckpt = self._bc_checkpoint(data, bc_cfg)
