@@ -149,6 +149,9 @@ NO_DECAY = {"log_std_decay": 0.0}
 SIGNED = {"offline_advantages": "signed"}
 ANCHOR = {"anchor_coeff": 1.0, "anchor_decay": 0.95}
 START_ANCHOR = {**ANCHOR, "anchor_coeff": 10.0, "anchor_episodes": 10}
+# the walker2d default's anchor since 2026-11-28: the start anchor, weighted by BC's gain
+# over its data
+GATED_ANCHOR = {**START_ANCHOR, "anchor_gate": "bc_gain"}
 # Uni-O4's step sizes for walker2d-medium (ppo_finetune/scripts/mujoco_loco/wm.sh: actor 3e-5,
 # critic 2e-4; clip 0.05 its default)
 UNI_O4_STEPS = {"learning_rate": 3e-5, "critic_learning_rate": 2e-4, "clip_range": 0.05}
@@ -204,12 +207,12 @@ VARIANTS: dict[str, dict] = {
     # (hybrid-policy_average: fewest expert dips) should damp them (session 18)
     "hybrid-start_anchor_average": {"hparams": {**START_ANCHOR, "policy_average_steps": 10000}},
     # test J (session 21): the start anchor only as far as BC outscores its data
-    "hybrid-gated_anchor": {"hparams": {**START_ANCHOR, "anchor_gate": "bc_gain"}},
+    "hybrid-gated_anchor": {"hparams": GATED_ANCHOR},
     # test P (session 26): the gated anchor's random stream without its pull (README)
     "hybrid-null_anchor": {"hparams": {**START_ANCHOR, "anchor_coeff": 1e-9}},
     # test W: the default with no offline policy gradient (offline samples train the critic and
     # the BC term only), the candidate against the stall on data no better than BC
-    "hybrid-gated_anchor_offline_critic_only": {"hparams": {**START_ANCHOR, "anchor_gate": "bc_gain",
+    "hybrid-gated_anchor_offline_critic_only": {"hparams": {**GATED_ANCHOR,
                                                             "offline_advantages": "none"}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
     "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
