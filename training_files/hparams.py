@@ -145,7 +145,8 @@ class HybridConfig(EnvConfig):
     clip((R_bc - R_data) / |R_data|, 0, 1), R_bc the mean return of the start policy's anchor
     episodes (anchor_episodes > 0), R_data the dataset's mean episode return: the anchor holds
     in full where BC walks twice as far as its data, not at all where it does no better (there
-    the offline term already holds what BC learned; policy_anchor.gain_gate)."""
+    is little of BC's own to keep; designed with positive offline advantages, which then held
+    the actor at the data; policy_anchor.gain_gate)."""
     policy_average_steps: int = Field(0, ge=0)
     """Time constant, in env steps, of an exponential moving average of the actor's weights;
     the average is what is evaluated, kept as the best model and saved, while rollouts come
@@ -181,6 +182,14 @@ class HybridConfig(EnvConfig):
         if self.anchor_gate != "none" and self.anchor_episodes == 0:
             raise ValueError(f"anchor_gate {self.anchor_gate} needs anchor_episodes > 0: the "
                              "gate compares the return of those BC episodes with the data's")
+        return self
+
+    @model_validator(mode="after")
+    def _offline_updates_have_a_policy_gradient(self) -> HybridConfig:
+        if self.offline_policy_updates > 0 and self.offline_advantages == "none":
+            raise ValueError("offline_policy_updates needs offline_advantages positive or signed: "
+                             "with none the offline updates have no policy gradient (only the BC "
+                             "term would move the actor)")
         return self
 
     @model_validator(mode="after")

@@ -21,9 +21,10 @@ entries, where it is unmeasured.
 
 How strongly (hparam anchor_gate bc_gain, `gain_gate`): in proportion to how far BC's own
 episodes outscore the data it imitated. Where BC is no better than its data (expert data; weak
-BC on medium data) the offline V-trace term already holds what BC does, and the anchor only
-slows learning or costs expert evaluations; the early dips gather on the seeds where BC
-outscores its medium data by half again or more (README Results).
+BC on medium data) the offline V-trace term (positive advantages, the default when the gate
+was chosen) already held what BC does, and the anchor only slowed learning or cost expert
+evaluations; the early dips gather on the seeds where BC outscores its medium data by half
+again or more (README Results).
 """
 
 from __future__ import annotations

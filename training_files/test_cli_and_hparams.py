@@ -468,6 +468,13 @@ class HparamValidationTest(IsolatedTestCase):
         self._write(hybrid={"anchor_coeff": 10.0, "anchor_gate": "bc_gain", "anchor_episodes": 0})
         self.assertLoadError("anchor_gate bc_gain needs anchor_episodes > 0", HYBRID_KEY)
 
+    def test_offline_updates_need_offline_advantages_in_the_policy_gradient(self):
+        self._write(hybrid={"offline_policy_updates": 5, "offline_advantages": "none"})
+        self.assertLoadError("offline_policy_updates needs offline_advantages positive or signed",
+                             HYBRID_KEY)
+        self._write(hybrid={"offline_policy_updates": 5, "offline_advantages": "positive"})
+        self.assertEqual(self._load()[1].offline_policy_updates, 5)
+
     def test_unknown_key_names_key_and_entry(self):
         self._write(hybrid={"learning_rat": 1e-3})
         self.assertLoadError("unknown key 'learning_rat'", HYBRID_KEY)
