@@ -56,6 +56,11 @@ so they differ from `hybrid-signed_offline` in one thing):
                           offline samples train the critic and the BC term, not the policy
                           gradient (test W: the default stalls at its data's level on
                           walker2d simple-v0, data no better than BC)
+  hybrid-gated_anchor_offline_critic_only_online_mean  that default with policy_gradient_mean
+                          online: the clipped-surrogate loss summed over the minibatch and
+                          divided by its online rows, not all its rows, so the online policy
+                          gradient keeps PPO's size (the joint clip leaves the actor's step
+                          proportional to it: test X)
   hybrid-log_std_shift    --log_std_subtract 1e-6: the exploration noise smaller by one part in a
                           million, the random stream untouched; against `hybrid`, what the
                           smallest change to the parameters does to a run (test Q)
@@ -152,6 +157,8 @@ START_ANCHOR = {**ANCHOR, "anchor_coeff": 10.0, "anchor_episodes": 10}
 # the walker2d default's anchor since 2026-11-28: the start anchor, weighted by BC's gain
 # over its data
 GATED_ANCHOR = {**START_ANCHOR, "anchor_gate": "bc_gain"}
+# the walker2d default since test W: that anchor, offline samples out of the policy gradient
+GATED_CRITIC_ONLY = {**GATED_ANCHOR, "offline_advantages": "none"}
 # Uni-O4's step sizes for walker2d-medium (ppo_finetune/scripts/mujoco_loco/wm.sh: actor 3e-5,
 # critic 2e-4; clip 0.05 its default)
 UNI_O4_STEPS = {"learning_rate": 3e-5, "critic_learning_rate": 2e-4, "clip_range": 0.05}
@@ -212,8 +219,11 @@ VARIANTS: dict[str, dict] = {
     "hybrid-null_anchor": {"hparams": {**START_ANCHOR, "anchor_coeff": 1e-9}},
     # test W: the default with no offline policy gradient (offline samples train the critic and
     # the BC term only), the candidate against the stall on data no better than BC
-    "hybrid-gated_anchor_offline_critic_only": {"hparams": {**GATED_ANCHOR,
-                                                            "offline_advantages": "none"}},
+    "hybrid-gated_anchor_offline_critic_only": {"hparams": GATED_CRITIC_ONLY},
+    # test X (session 28): that default with the policy-gradient loss over the online rows'
+    # count, so the offline rows (no policy gradient) no longer halve the actor's step
+    "hybrid-gated_anchor_offline_critic_only_online_mean": {
+        "hparams": {**GATED_CRITIC_ONLY, "policy_gradient_mean": "online"}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
     "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,

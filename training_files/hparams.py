@@ -122,6 +122,12 @@ class HybridConfig(EnvConfig):
     """positive: offline samples enter the policy gradient only where their V-trace advantage
     is positive, max(A, 0) / RMS, not centred (self-imitation of the data's better actions);
     signed: as online; none: offline samples train the critic (and the BC term) only."""
+    policy_gradient_mean: Literal["batch", "online"] = "batch"
+    """batch: the clipped-surrogate loss is the minibatch's mean (SB3), so offline rows that
+    carry no policy gradient (offline_advantages none, or positive's zeros) shrink the online
+    rows' part by the offline share; online: the sum over the online rows' count, so the online
+    part has PPO's size at any mix_ratio. Under the joint gradient clip the actor's step is
+    proportional to its gradient (README: gradient clipping), so batch halves it at mix 0.5."""
     log_std_decay: float = Field(0.0, ge=0)
     """Exploration noise schedule: log_std falls linearly by this much over the run (on top of
     what PPO learns), so the noisy policy that is trained ends closer to the deterministic one

@@ -40,7 +40,8 @@ from offline_batch import OfflineBuffer, UpdateSamples
 from offline_data import OfflineData
 from policy_anchor import MeanActionAnchor
 from policy_average import ActorAverage
-from update_batch import joined, online_samples, policy_advantages, sample_counts
+from update_batch import (joined, online_samples, policy_advantages, policy_gradient_loss,
+                          sample_counts)
 
 class HybridPPO(PPO):
     """PPO + offline segments with V-trace, OOD weights, a BC term and critic warm-ups.
@@ -76,6 +77,10 @@ class HybridPPO(PPO):
         ratio and the critic are least reliable. "signed": both signs, as online. "none":
         offline samples stay out of the policy gradient and train the critic (and the BC
         term) only: what the data's values buy without the data's actions.
+    :param policy_gradient_mean: "batch": the clipped-surrogate loss is the minibatch's mean
+        (SB3), offline rows out of the policy gradient counting as zeros; "online": its sum over
+        the online rows' count, so the online rows' gradient has PPO's size at any mix_ratio
+        (`update_batch.policy_gradient_loss` says why that matters under the joint clip).
     :param log_std_decay: after each update log_std is lowered so that by the end of the run
         it has fallen by this much in total, linearly in env steps, floored at log_std_min
         (`exploration_noise.py` says why).
@@ -104,6 +109,7 @@ class HybridPPO(PPO):
                  offline_advantage_centering: Literal["mean", "rho", "none"] = "mean",
                  offline_advantages: Literal["signed", "positive", "none"] = "signed",
                  offline_policy_updates: int = 0,
+                 policy_gradient_mean: Literal["batch", "online"] = "batch",
                  log_std_min: float | None = None, log_std_decay: float = 0.0,
                  anchor_coeff: float = 0.0, anchor_decay: float = 1.0,
                  policy_average_steps: int = 0, parallel_update: bool = True,
@@ -120,6 +126,7 @@ class HybridPPO(PPO):
         self.offline_advantage_centering = offline_advantage_centering
         self.offline_advantages = offline_advantages
         self.offline_policy_updates, self.offline_improved = offline_policy_updates, False
+        self.policy_gradient_mean = policy_gradient_mean
         self.offline_improvement_seconds = 0.0
         self._before_improvement: dict | None = None
         self._offline_only = False  # the current update draws offline samples alone
@@ -340,7 +347,8 @@ class HybridPPO(PPO):
                 ratio = torch.exp(log_prob - batch.old_log_prob[mb])
                 surrogate = torch.min(advantages * ratio,
                                       advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range))
-                policy_loss = -(weights * surrogate).mean()
+                policy_loss = policy_gradient_loss(surrogate, weights, offline_mb,
+                                                   self.policy_gradient_mean)
                 pg_losses.append(policy_loss.item())
                 clip_fractions.append(torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
 

@@ -130,6 +130,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         ood=cfg.ood, offline_advantage_centering=cfg.offline_advantage_centering,
         offline_advantages=cfg.offline_advantages,
         offline_policy_updates=cfg.offline_policy_updates,
+        policy_gradient_mean=cfg.policy_gradient_mean,
         log_std_min=cfg.log_std_min, log_std_decay=cfg.log_std_decay,
         anchor_coeff=cfg.anchor_coeff, anchor_decay=cfg.anchor_decay,
         policy_average_steps=cfg.policy_average_steps, parallel_update=cfg.parallel_update,

@@ -43,6 +43,7 @@ from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_
 from hparams import HybridConfig
 from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
 from offline_batch import normalise_per_source
+from update_batch import policy_gradient_loss
 from policy_anchor import gain_gate
 from policy_restarts import DeterministicRestarts, attach_policy, restart_counts, restart_wrapper
 from policy_rollback import PolicyRollback
@@ -378,6 +379,33 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         self.assertFalse(torch.equal(start.policy.value_net.weight, runs["none"].policy.value_net.weight))
         self.assertTrue(any(not torch.equal(v, self._actor(runs["positive"])[k])
                             for k, v in self._actor(start).items()))
+
+    def test_policy_gradient_mean_online_gives_the_online_rows_their_ppo_size(self):
+        surrogate = torch.tensor([0.5, -1.0, 2.0, 0.0, 0.0, 0.0], requires_grad=True)
+        weights = torch.tensor([1.0, 1.0, 1.0, 0.7, 0.9, 1.0])
+        offline = torch.tensor([False, False, False, True, True, True])
+        online_alone = -(weights[:3] * surrogate[:3]).mean()  # PPO on the online rows alone
+        batch = policy_gradient_loss(surrogate, weights, offline, "batch")
+        online = policy_gradient_loss(surrogate, weights, offline, "online")
+        torch.testing.assert_close(online, online_alone)
+        torch.testing.assert_close(batch, online_alone / 2)  # diluted by the offline share
+        grad_online, = torch.autograd.grad(online, surrogate)
+        torch.testing.assert_close(grad_online[:3], -weights[:3] / 3)
+        for rows in (torch.zeros(6, dtype=torch.bool), torch.ones(6, dtype=torch.bool)):
+            for mode in ("batch", "online"):  # one source only (mix 0 or 1): SB3's mean
+                self.assertTrue(torch.equal(policy_gradient_loss(surrogate, weights, rows, mode),
+                                            -(weights * surrogate).mean()))
+
+    def test_policy_gradient_mean_changes_only_runs_with_offline_rows(self):
+        runs = {}
+        for mix, mode in ((0.0, "batch"), (0.0, "online"), (0.5, "batch"), (0.5, "online")):
+            runs[mix, mode] = self._actor(self._learn(
+                128, log=f"log_{mix}_{mode}", mix_ratio=mix, offline_advantages="none",
+                policy_gradient_mean=mode))
+        for k, v in runs[0.0, "batch"].items():
+            self.assertTrue(torch.equal(v, runs[0.0, "online"][k]), k)
+        self.assertTrue(any(not torch.equal(v, runs[0.5, "online"][k])
+                            for k, v in runs[0.5, "batch"].items()))
 
     def test_offline_policy_updates_move_the_actor_before_any_env_step(self):
         # Critic-only for every online update: only the offline updates can move the actor.

@@ -73,3 +73,23 @@ def policy_advantages(advantages: torch.Tensor, rhos: torch.Tensor, offline: tor
     if offline_advantages == "none":
         advantages = torch.where(offline, torch.zeros_like(advantages), advantages)
     return advantages
+
+
+def policy_gradient_loss(surrogate: torch.Tensor, weights: torch.Tensor, offline: torch.Tensor,
+                         mean_over: str) -> torch.Tensor:
+    """A minibatch's clipped-surrogate loss. "batch": the mean over all its rows (SB3), so
+    offline rows out of the policy gradient count as zeros and shrink the online rows' part by
+    the offline share. "online": the sum divided by the online rows, so the online part has
+    PPO's size whatever the offline share. Why it matters: under SB3's joint gradient clip the
+    actor's Adam step works in its eps-dominated, SGD-like regime (README: gradient clipping),
+    where a gradient half as large is a step half as large. Without offline rows both are the
+    mean, computed as SB3 computes it; so is a minibatch without online rows (mix_ratio 1, the
+    offline improvement). Offline rows that carry a gradient (positive, signed) then add to the
+    online part at the same weight per row.
+    """
+    weighted = weights * surrogate
+    n_online = int((~offline).sum())
+    if mean_over == "online" and 0 < n_online < len(offline):
+        return -weighted.sum() / n_online
+    return -weighted.mean()
+
