@@ -221,7 +221,7 @@ VARIANTS: dict[str, dict] = {
     # the BC term only), the candidate against the stall on data no better than BC
     "hybrid-gated_anchor_offline_critic_only": {"hparams": GATED_CRITIC_ONLY},
     # test X (session 28): that default with the policy-gradient loss over the online rows'
-    # count, so the offline rows (no policy gradient) no longer halve the actor's step
+    # count, so the offline rows (no policy gradient) no longer halve the actor's step (rejected)
     "hybrid-gated_anchor_offline_critic_only_online_mean": {
         "hparams": {**GATED_CRITIC_ONLY, "policy_gradient_mean": "online"}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6

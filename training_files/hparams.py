@@ -127,7 +127,8 @@ class HybridConfig(EnvConfig):
     carry no policy gradient (offline_advantages none, or positive's zeros) shrink the online
     rows' part by the offline share; online: the sum over the online rows' count, so the online
     part has PPO's size at any mix_ratio. Under the joint gradient clip the actor's step is
-    proportional to its gradient (README: gradient clipping), so batch halves it at mix 0.5."""
+    proportional to its gradient (README: gradient clipping), so batch halves it at mix 0.5;
+    online measured worse on walker2d (README: test X)."""
     log_std_decay: float = Field(0.0, ge=0)
     """Exploration noise schedule: log_std falls linearly by this much over the run (on top of
     what PPO learns), so the noisy policy that is trained ends closer to the deterministic one

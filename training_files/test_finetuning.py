@@ -43,7 +43,6 @@ from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_
 from hparams import HybridConfig
 from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
 from offline_batch import normalise_per_source
-from update_batch import policy_gradient_loss
 from policy_anchor import gain_gate
 from policy_restarts import DeterministicRestarts, attach_policy, restart_counts, restart_wrapper
 from policy_rollback import PolicyRollback
@@ -51,6 +50,7 @@ from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  
                              setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs,
                              with_fields)
 from testing_utils import IsolatedTestCase
+from update_batch import policy_gradient_loss
 
 warnings.filterwarnings("ignore", message=".*is out of date.*")
 
