@@ -298,6 +298,15 @@ def mechanism_table(runs: dict[tuple[str, str], dict[str, list[dict]]], env: str
     return lines + [""] if len(lines) > 6 else []
 
 
+def panel_title(variant: str, width: int = 38) -> str:
+    """A variant's name on two lines at the underscore nearest its middle when it is too long
+    for a panel's width (the longest names ran into the next panel)."""
+    if len(variant) <= width or "_" not in variant:
+        return variant
+    cut = min((i for i, c in enumerate(variant) if c == "_"), key=lambda i: abs(i - len(variant) // 2))
+    return f"{variant[:cut]}_\n{variant[cut + 1:]}"
+
+
 def mean_curve(rs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Steps, mean score over seeds and the half-width of its 95% CI (None for one seed)."""
     curves = [periodic(r["curve"]) for r in rs]
@@ -343,7 +352,7 @@ def plot_curves(env: str, name: str, variants: dict[str, list[dict]], out_dir: P
             if half is not None:
                 ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=color)
             n = len(group[v])
-            ax.set_title(f"{v} ({n} seed{'s' if n > 1 else ''})", fontsize=8)
+            ax.set_title(f"{panel_title(v)} ({n} seed{'s' if n > 1 else ''})", fontsize=8)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
         for i, ax in enumerate(axes.flat):
