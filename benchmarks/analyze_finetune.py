@@ -303,7 +303,8 @@ def panel_title(variant: str, width: int = 38) -> str:
     for a panel's width (the longest names ran into the next panel)."""
     if len(variant) <= width or "_" not in variant:
         return variant
-    cut = min((i for i, c in enumerate(variant) if c == "_"), key=lambda i: abs(i - len(variant) // 2))
+    cut = min((i for i, c in enumerate(variant) if c == "_"),
+              key=lambda i: abs(i - len(variant) // 2))
     return f"{variant[:cut]}_\n{variant[cut + 1:]}"
 
 

@@ -89,7 +89,8 @@ def policy_gradient_loss(surrogate: torch.Tensor, weights: torch.Tensor, offline
     online part at the same weight per row.
     """
     weighted = weights * surrogate
-    n_online = int((~offline).sum())
-    if mean_over == "online" and 0 < n_online < len(offline):
-        return -weighted.sum() / n_online
+    if mean_over == "online":  # counted only here: "batch", every entry's, needs no count
+        n_online = int((~offline).sum())
+        if 0 < n_online < len(offline):
+            return -weighted.sum() / n_online
     return -weighted.mean()
