@@ -61,6 +61,10 @@ so they differ from `hybrid-signed_offline` in one thing):
                           divided by its online rows, not all its rows, so the online policy
                           gradient keeps PPO's size (the joint clip leaves the actor's step
                           proportional to it: test X)
+  hybrid-gated_anchor_offline_critic_only_no_bc  that default with --bc_coeff 0: the offline
+                          samples train the critic only (test Y)
+  hybrid-gated_anchor_offline_critic_only_bc_decay  that default with bc_decay 0.95: the BC
+                          term's weight decays per update as the anchor's does (test Y)
   hybrid-log_std_shift    --log_std_subtract 1e-6: the exploration noise smaller by one part in a
                           million, the random stream untouched; against `hybrid`, what the
                           smallest change to the parameters does to a run (test Q)
@@ -224,6 +228,13 @@ VARIANTS: dict[str, dict] = {
     # count, so the offline rows (no policy gradient) no longer halve the actor's step (rejected)
     "hybrid-gated_anchor_offline_critic_only_online_mean": {
         "hparams": {**GATED_CRITIC_ONLY, "policy_gradient_mean": "online"}},
+    # test Y (session 29): the default without its BC term, and with the BC term's weight decaying
+    # per update as the anchor's does (DAPG's lambda1 0.95): is the BC term's pull towards weak data,
+    # which grows as the noise schedule shrinks sigma, why the default lags bc_ppo on simple-v0?
+    "hybrid-gated_anchor_offline_critic_only_no_bc": {"flags": ["--bc_coeff", "0"],
+                                                      "hparams": GATED_CRITIC_ONLY},
+    "hybrid-gated_anchor_offline_critic_only_bc_decay": {
+        "hparams": {**GATED_CRITIC_ONLY, "bc_decay": 0.95}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
     "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
