@@ -231,6 +231,7 @@ VARIANTS: dict[str, dict] = {
     # test Y (session 29): the default without its BC term, and with the BC term's weight decaying
     # per update as the anchor's does (DAPG's lambda1 0.95): is the BC term's pull towards weak data,
     # which grows as the noise schedule shrinks sigma, why the default lags bc_ppo on simple-v0?
+    # (no: both rejected on simple-v0 seeds 0-9, README)
     "hybrid-gated_anchor_offline_critic_only_no_bc": {"flags": ["--bc_coeff", "0"],
                                                       "hparams": GATED_CRITIC_ONLY},
     "hybrid-gated_anchor_offline_critic_only_bc_decay": {
