@@ -65,6 +65,9 @@ so they differ from `hybrid-signed_offline` in one thing):
                           samples train the critic only (test Y)
   hybrid-gated_anchor_offline_critic_only_bc_decay  that default with bc_decay 0.95: the BC
                           term's weight decays per update as the anchor's does (test Y)
+  hybrid-gated_anchor_offline_critic_only_no_offline_value  that default with
+                          offline_value_weight 0: after the warm-ups the critic learns from the
+                          online rows alone, as bc_ppo's does (test Z)
   hybrid-log_std_shift    --log_std_subtract 1e-6: the exploration noise smaller by one part in a
                           million, the random stream untouched; against `hybrid`, what the
                           smallest change to the parameters does to a run (test Q)
@@ -236,6 +239,10 @@ VARIANTS: dict[str, dict] = {
                                                       "hparams": GATED_CRITIC_ONLY},
     "hybrid-gated_anchor_offline_critic_only_bc_decay": {
         "hparams": {**GATED_CRITIC_ONLY, "bc_decay": 0.95}},
+    # test Z (session 30): the default with the offline rows out of the value loss after the
+    # warm-ups: are they (late in a run, V-trace targets near the critic's own values) the lag?
+    "hybrid-gated_anchor_offline_critic_only_no_offline_value": {
+        "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
     "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,

@@ -41,22 +41,25 @@ class CriticThread:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="critic-update")
 
     def submit(self, policy, observations, returns, vf_coef: float, old_values=None,
-               clip_range_vf: float | None = None) -> Future:
+               clip_range_vf: float | None = None, weights=None) -> Future:
         """Future of the minibatch's value loss (detached); its gradient is already in .grad."""
         return self.pool.submit(self._value_loss, policy, observations, returns, vf_coef,
-                                old_values, clip_range_vf)
+                                old_values, clip_range_vf, weights)
 
     @staticmethod
-    def _value_loss(policy, observations, returns, vf_coef, old_values, clip_range_vf):
+    def _value_loss(policy, observations, returns, vf_coef, old_values, clip_range_vf, weights):
         values = policy.predict_values(observations).flatten()
-        loss = ppo_value_loss(values, returns, old_values, clip_range_vf)
+        loss = ppo_value_loss(values, returns, old_values, clip_range_vf, weights)
         (vf_coef * loss).backward()
         return loss.detach()
 
 
-def ppo_value_loss(values, returns, old_values, clip_range_vf: float | None):
+def ppo_value_loss(values, returns, old_values, clip_range_vf: float | None, weights=None):
     """SB3's PPO value loss: MSE to the returns, of the prediction clipped around old_values
-    when clip_range_vf is set. One formula for the joint update and the critic thread."""
+    when clip_range_vf is set; with per-row weights, their weighted mean (None: SB3's own
+    mean, bit for bit). One formula for the joint update and the critic thread."""
     if clip_range_vf is not None:
         values = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
-    return F.mse_loss(returns, values)
+    if weights is None:
+        return F.mse_loss(returns, values)
+    return (weights * (returns - values) ** 2).sum() / weights.sum().clamp(min=1e-8)

@@ -81,6 +81,9 @@ class HybridPPO(PPO):
         (SB3), offline rows out of the policy gradient counting as zeros; "online": its sum over
         the online rows' count, so the online rows' gradient has PPO's size at any mix_ratio
         (`update_batch.policy_gradient_loss` says why that matters under the joint clip).
+    :param offline_value_weight: an offline row's weight in the value loss (an online row's is
+        1), whose weighted mean the critic minimises; 0: the critic learns from online returns
+        after its warm-ups, as PPO's does.
     :param log_std_decay: after each update log_std is lowered so that by the end of the run
         it has fallen by this much in total, linearly in env steps, floored at log_std_min
         (`exploration_noise.py` says why).
@@ -110,7 +113,7 @@ class HybridPPO(PPO):
                  offline_advantages: Literal["signed", "positive", "none"] = "signed",
                  offline_policy_updates: int = 0,
                  policy_gradient_mean: Literal["batch", "online"] = "batch",
-                 log_std_min: float | None = None, log_std_decay: float = 0.0,
+                 offline_value_weight: float = 1.0, log_std_min: float | None = None, log_std_decay: float = 0.0,
                  anchor_coeff: float = 0.0, anchor_decay: float = 1.0,
                  policy_average_steps: int = 0, parallel_update: bool = True,
                  critic_learning_rate: float | None = None, grad_clip: GradClip = "joint",
@@ -127,6 +130,7 @@ class HybridPPO(PPO):
         self.offline_advantages = offline_advantages
         self.offline_policy_updates, self.offline_improved = offline_policy_updates, False
         self.policy_gradient_mean = policy_gradient_mean
+        self.offline_value_weight = offline_value_weight
         self.offline_improvement_seconds = 0.0
         self._before_improvement: dict | None = None
         self._offline_only = False  # the current update draws offline samples alone
@@ -295,6 +299,8 @@ class HybridPPO(PPO):
         """One PPO update over online GAE samples and offline V-trace samples."""
         self.policy.set_training_mode(False)
         batch, is_offline, offline_stats = self._update_samples()
+        value_weights = (None if self.offline_value_weight == 1.0 else
+                         1.0 - (1.0 - self.offline_value_weight) * is_offline.float())
         critic_only = not self._offline_only and self.policy_updates < self.critic_only_updates
         bc_coeff = self.bc_coeff * self.bc_decay ** self.policy_updates
         anchor_coeff = (0.0 if self._anchor is None or critic_only
@@ -332,7 +338,8 @@ class HybridPPO(PPO):
                 if critic is not None:  # the value loss's forward and backward, beside the actor's
                     value_job = critic.submit(
                         self.policy, batch.observations[mb], batch.returns[mb], self.vf_coef,
-                        batch.old_values[mb], None if self.clip_range_vf is None else clip_range_vf)
+                        batch.old_values[mb], None if self.clip_range_vf is None else clip_range_vf,
+                        None if value_weights is None else value_weights[mb])
                     distribution = self.policy.get_distribution(batch.observations[mb])
                     log_prob, entropy = distribution.log_prob(actions), distribution.entropy()
                 else:
@@ -357,7 +364,8 @@ class HybridPPO(PPO):
                 else:
                     value_loss = ppo_value_loss(
                         values, batch.returns[mb], batch.old_values[mb],
-                        None if self.clip_range_vf is None else clip_range_vf)
+                        None if self.clip_range_vf is None else clip_range_vf,
+                        None if value_weights is None else value_weights[mb])
                     value_losses.append(value_loss.item())
                     value_term = self.vf_coef * value_loss
 

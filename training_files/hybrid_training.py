@@ -131,6 +131,7 @@ def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         offline_advantages=cfg.offline_advantages,
         offline_policy_updates=cfg.offline_policy_updates,
         policy_gradient_mean=cfg.policy_gradient_mean,
+        offline_value_weight=cfg.offline_value_weight,
         log_std_min=cfg.log_std_min, log_std_decay=cfg.log_std_decay,
         anchor_coeff=cfg.anchor_coeff, anchor_decay=cfg.anchor_decay,
         policy_average_steps=cfg.policy_average_steps, parallel_update=cfg.parallel_update,

@@ -5,7 +5,8 @@
 - Critic-only updates leave the actor untouched and move the critic; the linear lr schedule
   reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
   documented; positive-only offline advantages never push the actor away from the data;
-  offline samples with offline_advantages "none" train the critic only; offline policy updates
+  offline samples with offline_advantages "none" train the critic only, and at
+  offline_value_weight 0 not even that; offline policy updates
   move the actor before the first env step; the mean-action anchor keeps the actor near its
   start with a decaying weight, on the update's states or on fixed ones (the states the
   start policy visits, which evaluate_policy's callback collects); and a reverted
@@ -30,6 +31,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import torch
+from torch.nn import functional as F
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -40,6 +42,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from errors import PipelineError
 from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET,
                         visited_states)
+from critic_thread import ppo_value_loss
 from hparams import HybridConfig
 from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
 from offline_batch import normalise_per_source
@@ -406,6 +409,36 @@ class FineTuningMechanismsTest(IsolatedTestCase):
             self.assertTrue(torch.equal(v, runs[0.0, "online"][k]), k)
         self.assertTrue(any(not torch.equal(v, runs[0.5, "online"][k])
                             for k, v in runs[0.5, "batch"].items()))
+
+    def test_offline_value_weight_scales_the_offline_rows_in_the_value_loss(self):
+        values = torch.tensor([1.0, 2.0, 0.0, 3.0, -1.0], requires_grad=True)
+        returns = torch.tensor([2.0, 0.0, 1.0, 5.0, 1.0])
+        offline = torch.tensor([False, False, False, True, True])
+        self.assertTrue(torch.equal(ppo_value_loss(values, returns, None, None),
+                                    F.mse_loss(returns, values)))  # None: SB3's mean itself
+        zero = ppo_value_loss(values, returns, None, None, (~offline).float())
+        torch.testing.assert_close(zero, F.mse_loss(returns[:3], values[:3]))  # PPO's, online
+        grad, = torch.autograd.grad(zero, values)
+        self.assertTrue(torch.equal(grad[3:], torch.zeros(2)))
+        half = ppo_value_loss(values, returns, None, None, 1.0 - 0.5 * offline.float())
+        errors = (returns - values).detach() ** 2
+        torch.testing.assert_close(half, (errors[:3].sum() + 0.5 * errors[3:].sum()) / 4.0)
+
+    def test_offline_value_weight_zero_leaves_offline_rows_out_of_the_critic(self):
+        # Offline rows only, out of the policy gradient, no BC term: at weight 0 nothing moves.
+        start = make_hybrid(n_steps=64, seed=1, policy_kwargs=tiny_policy_kwargs())
+        kept = self._learn(128, log="log_zero", mix_ratio=1.0, offline_advantages="none",
+                           bc_coeff=0.0, offline_value_weight=0.0)
+        for k, v in start.policy.state_dict().items():
+            self.assertTrue(torch.equal(v, kept.policy.state_dict()[k]), k)
+        # Without offline rows the weight changes nothing; with them it changes the critic.
+        runs = {(mix, w): self._learn(128, log=f"log_{mix}_{w}", mix_ratio=mix,
+                                      offline_advantages="none", offline_value_weight=w)
+                for mix in (0.0, 0.5) for w in (1.0, 0.0)}
+        for k, v in runs[0.0, 1.0].policy.state_dict().items():
+            self.assertTrue(torch.equal(v, runs[0.0, 0.0].policy.state_dict()[k]), k)
+        self.assertFalse(torch.equal(runs[0.5, 1.0].policy.value_net.weight,
+                                     runs[0.5, 0.0].policy.value_net.weight))
 
     def test_offline_policy_updates_move_the_actor_before_any_env_step(self):
         # Critic-only for every online update: only the offline updates can move the actor.
