@@ -33,3 +33,17 @@ def lower_log_std(policy, amount: float, log_std_min: float | None) -> int:
         policy.log_std.sub_(amount)
     return floor_log_std(policy, log_std_min)
 
+
+def decay_log_std(policy, total: float, progress: float, decayed: float,
+                  log_std_min: float | None) -> float:
+    """Lower log_std to the schedule's value at `progress` (0 to 1 of the run) when the schedule
+    falls by `total` in all and `decayed` of it is applied; returns what is applied now.
+
+    HybridPPO calls it after each update, so the next rollout's stored log-probs use the new
+    noise and every PPO ratio still starts at 1."""
+    if total <= 0 or not hasattr(policy, "log_std"):
+        return decayed
+    due = total * progress - decayed
+    lower_log_std(policy, due, log_std_min)
+    return decayed + due
+

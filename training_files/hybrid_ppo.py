@@ -19,6 +19,7 @@ no anchor), `train()` is SB3's PPO.train bit for bit (tested).
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from contextlib import nullcontext
 from typing import Literal
 
@@ -27,13 +28,12 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.save_util import load_from_zip_file
-from stable_baselines3.common.utils import explained_variance
 
 import offline_improvement
 from critic_learning_rate import loaded_parameters, saved_parameters, set_rates, split_optimizer
 from critic_thread import CriticThread, can_split, ppo_value_loss
 from critic_warmup import warm_up_critic
-from exploration_noise import floor_log_std, lower_log_std
+from exploration_noise import decay_log_std, floor_log_std, lower_log_std
 from gradient_clipping import GradClip, clip_gradients
 from hparams import OODConfig
 from offline_batch import OfflineBuffer, UpdateSamples
@@ -42,65 +42,47 @@ from policy_anchor import MeanActionAnchor
 from policy_average import ActorAverage
 from update_batch import (joined, online_samples, policy_advantages, policy_gradient_loss,
                           sample_counts)
+from update_terms import ActorTerms, record_update
 
 class HybridPPO(PPO):
     """PPO + offline segments with V-trace, OOD weights, a BC term and critic warm-ups.
 
+    Each hparam.yml field of the same name says why it exists (`hparams.HybridConfig`).
+
     :param offline_data: transitions to mix in (None: plain PPO).
     :param behaviour_policy: frozen estimate of mu (the best BC policy); ignored when the data
         carry their own behaviour log-probs.
-    :param mix_ratio: offline share of the samples in each update, at a bounded cost continuous
-        in mix_ratio (`update_batch.sample_counts`: never more than twice PPO's samples). The
-        minibatch grows with the update so the number of gradient steps equals plain PPO's.
-    :param bc_coeff: weight of the OOD-weighted -log pi(a|s) on offline samples (DAPG-style),
-        multiplied by bc_decay ** (updates so far) (DAPG's lambda0 * lambda1^k).
-    :param warm_start_steps: value-only gradient steps on dataset returns before the first
+    :param mix_ratio: offline share of each update's samples, at a cost bounded and continuous
+        in it (`update_batch.sample_counts`); the minibatch grows with the update so the number
+        of gradient steps equals plain PPO's.
+    :param bc_coeff, bc_decay: the OOD-weighted -log pi(a|s) of offline samples, weighted
+        bc_coeff * bc_decay ** update (DAPG; `update_terms.ActorTerms`).
+    :param warm_start_steps: value-only gradient steps on the data's returns before the first
         rollout (`critic_warmup.py`).
-    :param critic_only_updates: the first updates train the critic alone on online and offline
-        targets, actor frozen (DPPO's n_critic_warmup_itr, PIRLNav's critic-first phase): the
-        warm-up fits the data's returns, these fit the returns of the policy being tuned.
-    :param offline_advantage_centering: how V-trace advantages are normalised per minibatch:
-        "mean" subtracts their mean (SB3's rule, biased off-policy: it adds -b E_mu[grad log pi],
-        not zero once pi != mu), "rho" subtracts rho * b (E_mu[rho grad log pi] = 0 when rho is
-        not truncated), "none" only divides by their RMS.
-    :param offline_policy_updates: updates on offline samples alone (one rollout's worth each,
-        V-trace under the current policy, PPO's clip), after the critic warm-up and before the
-        first rollout (`offline_improvement.py`).
-    :param offline_advantages: "positive" keeps only the offline samples whose V-trace
-        advantage is positive in the policy gradient, max(A, 0) divided by its RMS, not
-        centred (zero elsewhere; offline_advantage_centering is ignored): the data pull pi
-        towards their actions that beat pi's value and never push pi away from the others.
-        Self-imitation learning (Oh et al. 2018) and CRR's binary filter do the same. The pull
-        is strong while the data beat the policy (a collapse on expert data) and fades by
-        itself once the policy beats the data (medium data), with no coefficient to tune.
-        Pushing away is the part to distrust: it acts on actions pi rarely takes, where the
-        ratio and the critic are least reliable. "signed": both signs, as online. "none":
-        offline samples stay out of the policy gradient and train the critic (and the BC
-        term) only: what the data's values buy without the data's actions.
-    :param policy_gradient_mean: "batch": the clipped-surrogate loss is the minibatch's mean
-        (SB3), offline rows out of the policy gradient counting as zeros; "online": its sum over
-        the online rows' count, so the online rows' gradient has PPO's size at any mix_ratio
-        (`update_batch.policy_gradient_loss` says why that matters under the joint clip).
+    :param critic_only_updates: the first updates train the critic alone, actor frozen (DPPO's
+        n_critic_warmup_itr): the warm-up fits the data's returns, these the tuned policy's.
+    :param offline_advantage_centering: "mean" (SB3's rule, biased off-policy), "rho" or "none"
+        (`offline_batch.normalise_per_source`).
+    :param offline_policy_updates: updates on offline samples alone after the warm-up and before
+        the first rollout (`offline_improvement.py`).
+    :param offline_advantages: which offline V-trace advantages enter the policy gradient:
+        "signed", "positive" (self-imitation) or "none" (`update_batch.policy_advantages`).
+    :param policy_gradient_mean: the clipped surrogate's mean over the minibatch ("batch", SB3)
+        or over its online rows ("online"; `update_batch.policy_gradient_loss`).
     :param offline_value_weight: an offline row's weight in the value loss (an online row's is
-        1), whose weighted mean the critic minimises; 0: the critic learns from online returns
-        after its warm-ups, as PPO's does.
-    :param log_std_decay: after each update log_std is lowered so that by the end of the run
-        it has fallen by this much in total, linearly in env steps, floored at log_std_min
-        (`exploration_noise.py` says why).
-    :param anchor_coeff: weight of a penalty keeping the mean action near the policy training
-        started from (its KL at the start's noise, `policy_anchor.py`), multiplied by
-        anchor_decay ** (updates so far); 0: off. It holds on the update's states, or on
-        fixed states given by `set_anchor_states` (the start policy's own episodes).
-    :param policy_average_steps: time constant, in env steps, of an exponential moving average
-        of the actor's weights (`policy_average.py`), started when the actor first moves; inside
-        `evaluated_actor()` the policy carries it, so evaluations, the best model and the saved
-        model are the average while rollouts come from the policy being trained. 0: off.
-    :param parallel_update: the critic's forward and backward of each minibatch run in a second
-        thread beside the actor's (`critic_thread.py`): the same update, on two CPU cores.
-    :param critic_learning_rate: the critic's own initial learning rate, following the same
-        schedule (`critic_learning_rate.py`); None: the actor's, as in SB3.
-    :param grad_clip: "joint": max_grad_norm bounds the whole gradient, as in SB3; "separate":
-        the actor's and the critic's each (`gradient_clipping.py`).
+        1), whose weighted mean the critic minimises; 0: after its warm-ups the critic learns
+        from online returns, as PPO's does.
+    :param log_std_decay: log_std falls by this much over the run, linearly in env steps,
+        floored at log_std_min (`exploration_noise.py`).
+    :param anchor_coeff, anchor_decay: a penalty holding the mean action near the start policy's
+        (`policy_anchor.py`) on the update's states or on those of `set_anchor_states`.
+    :param policy_average_steps: time constant (env steps) of an EMA of the actor's weights that
+        evaluations and saves see inside `evaluated_actor()` (`policy_average.py`); 0: off.
+    :param parallel_update: the critic's half of each minibatch in a second thread
+        (`critic_thread.py`): the same update on two CPU cores.
+    :param critic_learning_rate: the critic's own initial rate on the same schedule
+        (`critic_learning_rate.py`); None: the actor's, as in SB3.
+    :param grad_clip: "joint" (SB3) or "separate" gradient clipping (`gradient_clipping.py`).
     """
 
     def __init__(self, *args, offline_data: OfflineData | None = None, behaviour_policy=None,
@@ -113,7 +95,8 @@ class HybridPPO(PPO):
                  offline_advantages: Literal["signed", "positive", "none"] = "signed",
                  offline_policy_updates: int = 0,
                  policy_gradient_mean: Literal["batch", "online"] = "batch",
-                 offline_value_weight: float = 1.0, log_std_min: float | None = None, log_std_decay: float = 0.0,
+                 offline_value_weight: float = 1.0,
+                 log_std_min: float | None = None, log_std_decay: float = 0.0,
                  anchor_coeff: float = 0.0, anchor_decay: float = 1.0,
                  policy_average_steps: int = 0, parallel_update: bool = True,
                  critic_learning_rate: float | None = None, grad_clip: GradClip = "joint",
@@ -299,14 +282,10 @@ class HybridPPO(PPO):
         """One PPO update over online GAE samples and offline V-trace samples."""
         self.policy.set_training_mode(False)
         batch, is_offline, offline_stats = self._update_samples()
+        critic_only = not self._offline_only and self.policy_updates < self.critic_only_updates
+        terms = ActorTerms(self, batch.observations, critic_only)
         value_weights = (None if self.offline_value_weight == 1.0 else
                          1.0 - (1.0 - self.offline_value_weight) * is_offline.float())
-        critic_only = not self._offline_only and self.policy_updates < self.critic_only_updates
-        bc_coeff = self.bc_coeff * self.bc_decay ** self.policy_updates
-        anchor_coeff = (0.0 if self._anchor is None or critic_only
-                        else self.anchor_coeff * self.anchor_decay ** self.policy_updates)
-        start_means = (self._anchor.start_means(batch.observations)
-                       if anchor_coeff > 0 and self._anchor.states is None else None)
         moves_actor = not critic_only and not self._offline_only
         if moves_actor and self.policy_average_steps > 0 and self._actor_average is None:
             self._actor_average = ActorAverage(self.policy, self.policy_average_steps,
@@ -315,37 +294,34 @@ class HybridPPO(PPO):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)
-        if self.clip_range_vf is not None:
-            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)
+        clip_range_vf = (None if self.clip_range_vf is None
+                         else self.clip_range_vf(self._current_progress_remaining))
         # Same number of gradient steps as plain PPO: the minibatch grows with the offline share.
         n_total = len(batch.actions)
         minibatch = max(1, int(round(self.batch_size * n_total / (self.n_steps * self.n_envs))))
 
         critic = self._critic_thread()
-        entropy_losses, pg_losses, value_losses, bc_losses, clip_fractions = [], [], [], [], []
-        anchor_losses = []
-        approx_kl_divs = []
+        stats: dict[str, list] = defaultdict(list)
         continue_training = True
         for epoch in range(self.n_epochs):
-            approx_kl_divs = []
+            stats["approx_kl"] = []
             indices = np.random.permutation(n_total)
             for start in range(0, n_total, minibatch):
                 mb = torch.as_tensor(indices[start:start + minibatch], device=self.device)
                 actions = batch.actions[mb]
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = actions.long().flatten()
+                row_weights = None if value_weights is None else value_weights[mb]
                 self.policy.optimizer.zero_grad()
                 if critic is not None:  # the value loss's forward and backward, beside the actor's
-                    value_job = critic.submit(
-                        self.policy, batch.observations[mb], batch.returns[mb], self.vf_coef,
-                        batch.old_values[mb], None if self.clip_range_vf is None else clip_range_vf,
-                        None if value_weights is None else value_weights[mb])
+                    value_job = critic.submit(self.policy, batch.observations[mb],
+                                              batch.returns[mb], self.vf_coef,
+                                              batch.old_values[mb], clip_range_vf, row_weights)
                     distribution = self.policy.get_distribution(batch.observations[mb])
                     log_prob, entropy = distribution.log_prob(actions), distribution.entropy()
                 else:
                     values, log_prob, entropy = self.policy.evaluate_actions(batch.observations[mb],
                                                                              actions)
-                    values = values.flatten()
                 offline_mb, weights = is_offline[mb], batch.weights[mb]
                 advantages = policy_advantages(
                     batch.advantages[mb], batch.rhos[mb], offline_mb, self.offline_advantages,
@@ -356,47 +332,37 @@ class HybridPPO(PPO):
                                       advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range))
                 policy_loss = policy_gradient_loss(surrogate, weights, offline_mb,
                                                    self.policy_gradient_mean)
-                pg_losses.append(policy_loss.item())
-                clip_fractions.append(torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
+                stats["policy_gradient_loss"].append(policy_loss.item())
+                stats["clip_fraction"].append(
+                    torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
 
                 if critic is not None:
                     value_term = 0.0  # the critic thread adds its gradient; joined after backward
                 else:
-                    value_loss = ppo_value_loss(
-                        values, batch.returns[mb], batch.old_values[mb],
-                        None if self.clip_range_vf is None else clip_range_vf,
-                        None if value_weights is None else value_weights[mb])
-                    value_losses.append(value_loss.item())
+                    value_loss = ppo_value_loss(values.flatten(), batch.returns[mb],
+                                                batch.old_values[mb], clip_range_vf, row_weights)
+                    stats["value_loss"].append(value_loss.item())
                     value_term = self.vf_coef * value_loss
 
                 entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
-                entropy_losses.append(entropy_loss.item())
+                stats["entropy_loss"].append(entropy_loss.item())
 
                 if critic_only:
                     loss = value_term  # actor gets no gradient: Adam skips it
                 else:
                     loss = policy_loss + self.ent_coef * entropy_loss + value_term
-                    if bc_coeff > 0 and bool(offline_mb.any()):
-                        bc_loss = -(weights[offline_mb] * log_prob[offline_mb]).mean()
-                        bc_losses.append(bc_loss.item())
-                        loss = loss + bc_coeff * bc_loss
-                    if anchor_coeff > 0:
-                        anchor_loss = self._anchor.loss(
-                            self.policy, None if start_means is None else start_means[mb],
-                            self.batch_size)
-                        anchor_losses.append(anchor_loss.item())
-                        loss = loss + anchor_coeff * anchor_loss
+                    loss = terms.added_to(loss, self.policy, log_prob, offline_mb, weights, mb)
 
                 with torch.no_grad():
                     log_ratio = log_prob - batch.old_log_prob[mb]
                     approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
-                    approx_kl_divs.append(approx_kl_div)
+                    stats["approx_kl"].append(approx_kl_div)
                 stop = self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl
                 if not stop and torch.is_tensor(loss) and loss.requires_grad:
                     loss.backward()  # (with the critic thread, in the critic-only updates: nothing)
                 if critic is not None:  # its backward has overlapped the actor's
                     value_loss = value_job.result()
-                    value_losses.append(value_loss.item())
+                    stats["value_loss"].append(value_loss.item())
                     loss = loss + self.vf_coef * value_loss  # the whole loss, for the log
                 if stop:
                     continue_training = False
@@ -412,55 +378,14 @@ class HybridPPO(PPO):
                 break
         if not self._offline_only:
             self.policy_updates += 1
-            self._decay_log_std()
+            self.log_std_decayed = decay_log_std(self.policy, self.log_std_decay,
+                                                 1.0 - self._current_progress_remaining,
+                                                 self.log_std_decayed, self.log_std_min)
         if moves_actor and self._actor_average is not None:
             self._actor_average.update()
-
-        self._record_train_stats(entropy_losses, pg_losses, value_losses, bc_losses,
-                                 approx_kl_divs, clip_fractions, loss, clip_range, offline_stats)
-        self.logger.record("train/critic_only", int(critic_only))
-        if bc_losses:
-            self.logger.record("train/bc_coeff", bc_coeff)
-        if anchor_losses:  # KL of the mean action to the start, at the start's noise
-            self.logger.record("train/anchor_kl", np.mean(anchor_losses))
-            self.logger.record("train/anchor_coeff", anchor_coeff)
-        if self.clip_range_vf is not None:
-            self.logger.record("train/clip_range_vf", clip_range_vf)
+        record_update(self, stats, loss, clip_range, clip_range_vf, critic_only, offline_stats)
+        terms.record(self.logger.record)
 
     def evaluated_actor(self):
         """Context in which the policy is the one to evaluate and save (see policy_average_steps)."""
         return nullcontext() if self._actor_average is None else self._actor_average.swapped_in()
-
-    def _decay_log_std(self) -> None:
-        """Lower log_std to the schedule's value for the env steps so far (see log_std_decay).
-
-        Done after the update, so the next rollout's stored log-probs use the new noise and
-        every PPO ratio still starts at 1."""
-        if self.log_std_decay <= 0 or not hasattr(self.policy, "log_std"):
-            return
-        due = self.log_std_decay * (1.0 - self._current_progress_remaining) - self.log_std_decayed
-        lower_log_std(self.policy, due, self.log_std_min)
-        self.log_std_decayed += due
-
-    def _record_train_stats(self, entropy_losses, pg_losses, value_losses, bc_losses,
-                            approx_kl_divs, clip_fractions, loss, clip_range, offline_stats) -> None:
-        buf = self.rollout_buffer
-        if not self._offline_only:  # the rollout buffer is still empty before the first rollout
-            self.logger.record("train/explained_variance",
-                               explained_variance(buf.values.flatten(), buf.returns.flatten()))
-        record = self.logger.record
-        record("train/entropy_loss", np.mean(entropy_losses))
-        record("train/policy_gradient_loss", np.mean(pg_losses))
-        record("train/value_loss", np.mean(value_losses))
-        record("train/approx_kl", np.mean(approx_kl_divs))
-        record("train/clip_fraction", np.mean(clip_fractions))
-        record("train/loss", loss.item())
-        if bc_losses:
-            record("train/bc_loss", np.mean(bc_losses))
-        if hasattr(self.policy, "log_std"):
-            record("train/std", torch.exp(self.policy.log_std).mean().item())
-        record("train/n_updates", self._n_updates, exclude="tensorboard")
-        record("train/clip_range", clip_range)
-        for key, value in offline_stats.items():
-            record(key, value)
-        record("train/mix_ratio", self.mix_ratio, exclude="stdout")

@@ -54,7 +54,9 @@ def normalise_per_source(advantages: torch.Tensor, rhos: torch.Tensor, offline: 
 
     Online rows: SB3's (A - mean) / (std + 1e-8). Offline rows, by `centering` (HybridPPO's
     offline_advantage_centering): "mean" the same rule, "rho" subtract rho * mean(A)/mean(rho)
-    then divide by the RMS, "none" only divide by the RMS.
+    then divide by the RMS, "none" only divide by the RMS. Why not "mean" off-policy: subtracting
+    a baseline b from advantages of mu's actions adds -b E_mu[grad log pi] to the gradient, not
+    zero once pi != mu; E_mu[rho grad log pi] is zero while rho is not truncated.
     """
     out = advantages.clone()
     online = ~offline

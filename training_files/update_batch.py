@@ -64,6 +64,14 @@ def policy_advantages(advantages: torch.Tensor, rhos: torch.Tensor, offline: tor
     offline_advantages and offline_advantage_centering): "positive" keeps the offline rows'
     max(A, 0) by the raw sign and divides by the RMS without centring (centring would bring
     negatives back); "none" zeroes the offline rows after normalising; "signed" keeps both signs.
+
+    Why "positive": the data pull pi towards their actions that beat pi's value and never push
+    it away from the others, as self-imitation learning (Oh et al. 2018) and CRR's binary filter
+    do; the pull is strong while the data beat the policy and fades once the policy beats them,
+    with no coefficient to tune. Pushing away is the part to distrust: it acts on actions pi
+    rarely takes, where the ratio and the critic are least reliable. Why "none" (the walker2d
+    default, README test W): where BC is no better than its data, the positive half of V-trace
+    advantages that are noise around 0 imitates a random half of the data and holds pi there.
     """
     if offline_advantages == "positive":
         advantages = torch.where(offline, advantages.clamp(min=0.0), advantages)
