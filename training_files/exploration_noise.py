@@ -46,4 +46,3 @@ def decay_log_std(policy, total: float, progress: float, decayed: float,
     due = total * progress - decayed
     lower_log_std(policy, due, log_std_min)
     return decayed + due
-
