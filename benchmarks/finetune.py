@@ -150,7 +150,7 @@ KEYS = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid"),
 
 # What every walker2d variant is a change of: the walker2d entry before the gated anchor became
 # its default (2026-11-28), with positive offline advantages, so `hybrid`, `bc_ppo` and every
-# ablation keep the runs they recorded (README: test L'). The default became the
+# ablation keep the runs they recorded (docs/RESULTS.md: test L'). The default became the
 # `hybrid-gated_anchor` variant, and since test W (2026-11-28, session 27)
 # `hybrid-gated_anchor_offline_critic_only`.
 PREVIOUS_WALKER2D_DEFAULT = {"anchor_coeff": 0.0, "anchor_episodes": 0, "anchor_gate": "none",
@@ -204,7 +204,7 @@ VARIANTS: dict[str, dict] = {
     # the actor's and the critic's gradients clipped each on its own (Uni-O4), not jointly (SB3)
     "hybrid-separate_clip": {"hparams": {"grad_clip": "separate"}},
     # the same at the joint clip's mean actor step: under it the actor's clipped gradient is so
-    # small that Adam's eps cuts its steps to ~3% (README), so 5e-5 x 0.03; the critic keeps 5e-5
+    # small that Adam's eps cuts its steps to ~3% (docs/RESULTS.md), so 5e-5 x 0.03; the critic keeps 5e-5
     "hybrid-separate_clip_matched": {"hparams": {"grad_clip": "separate", "learning_rate": 1.5e-6,
                                                  "critic_learning_rate": 5e-5}},
     # Uni-O4's step rule as Uni-O4 applies it (ppo_finetune/ppo.py: an Adam per network, each
@@ -222,7 +222,7 @@ VARIANTS: dict[str, dict] = {
     "hybrid-start_anchor_average": {"hparams": {**START_ANCHOR, "policy_average_steps": 10000}},
     # test J (session 21): the start anchor only as far as BC outscores its data
     "hybrid-gated_anchor": {"hparams": GATED_ANCHOR},
-    # test P (session 26): the gated anchor's random stream without its pull (README)
+    # test P (session 26): the gated anchor's random stream without its pull (docs/RESULTS.md)
     "hybrid-null_anchor": {"hparams": {**START_ANCHOR, "anchor_coeff": 1e-9}},
     # test W: the default with no offline policy gradient (offline samples train the critic and
     # the BC term only), the candidate against the stall on data no better than BC
@@ -234,7 +234,7 @@ VARIANTS: dict[str, dict] = {
     # test Y (session 29): the default without its BC term, and with the BC term's weight decaying
     # per update as the anchor's does (DAPG's lambda1 0.95): is the BC term's pull towards weak data,
     # which grows as the noise schedule shrinks sigma, why the default lags bc_ppo on simple-v0?
-    # (no: both rejected on simple-v0 seeds 0-9, README)
+    # (no: both rejected on simple-v0 seeds 0-9, docs/RESULTS.md)
     "hybrid-gated_anchor_offline_critic_only_no_bc": {"flags": ["--bc_coeff", "0"],
                                                       "hparams": GATED_CRITIC_ONLY},
     "hybrid-gated_anchor_offline_critic_only_bc_decay": {

@@ -1,4 +1,4 @@
-"""How the gradient clip shapes the actor's steps (README, "Gradient clipping").
+"""How the gradient clip shapes the actor's steps (docs/RESULTS.md, "How the gradient clip moves the actor").
 
 Runs the pipeline in this process, as `finetune.py` would run a variant (its own runs
 directory; the seed's BC checkpoint from `benchmarks/runs/finetune/bc/`), and wraps HybridPPO's

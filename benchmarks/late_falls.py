@@ -1,4 +1,4 @@
-"""Do the late falls follow the schedules or the amount of training? (README, "Longer runs")
+"""Do the late falls follow the schedules or the amount of training? (docs/RESULTS.md, "Longer runs")
 
 Compares the medium-v0 runs at 300k steps (`finetune_300k.jsonl`, learning-rate and noise
 schedules stretched over 300k) with the same (variant, seed) pairs at 200k (`finetune.jsonl`).
@@ -138,7 +138,7 @@ def pooled(runs: dict[str, dict[str, list[dict]]], variant: str) -> dict[tuple[s
 
 def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_share: float = 0.9,
               width: int = 50_000, min_seeds: int = 5) -> list[str]:
-    """Early dips gather where BC is strongest (README, test H): medium-v0 and -v1 pooled, the
+    """Early dips gather where BC is strongest (docs/RESULTS.md, test H): medium-v0 and -v1 pooled, the
     seeds whose step-0 evaluation is >= `cut` against the others, for `hybrid` and `bc_ppo`;
     then every other variant with `min_seeds` strong seeds against `hybrid` on the same
     (dataset, seed) pairs, by 50k-step phase: share of evaluations below `early_share` of BC."""
@@ -180,7 +180,7 @@ def strong_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, early_s
 
 def edge_by_bc(runs: dict[str, dict[str, list[dict]]], cut: float = 50.0, min_seeds: int = 5,
                reps: int = REPS) -> list[str]:
-    """Where each variant's edge over `bc_ppo` lies (README, "Where HybridPPO's edge ... lies"):
+    """Where each variant's edge over `bc_ppo` lies (docs/RESULTS.md, "Where HybridPPO's edge ... lies"):
     medium-v0 and -v1 pooled, the last-3 mean on the seeds whose step-0 evaluation is >= `cut`
     and on the others, against `bc_ppo` on the same (dataset, seed) pairs, with P(variant >
     bc_ppo) [95% CI]; variants with `min_seeds` seeds in both groups."""

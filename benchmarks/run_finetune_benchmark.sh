@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fine-tuning benchmark behind README "Results", in priority order, on two workers (one
+# The fine-tuning benchmark behind docs/RESULTS.md, in priority order, on two workers (one
 # per core, one torch thread each). Resumable: finished runs are skipped on a rerun, so the
 # same script continues where a stopped session left it.
 set -u

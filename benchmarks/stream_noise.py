@@ -1,4 +1,4 @@
-"""How far apart do two runs end that differ only in their random stream? (README, test P)
+"""How far apart do two runs end that differ only in their random stream? (docs/RESULTS.md, test P)
 
 Two walker2d runs of one seed share the BC policy, the data and every setting, yet a variant that
 draws from NumPy's global RNG once more per minibatch (the start anchor picks its rows so)
@@ -6,7 +6,7 @@ shuffles every later minibatch differently, and from the first actor update on t
 diverge. `hybrid-null_anchor` is that draw without the pull (anchor weight 1e-9): paired with
 `hybrid` on the same seeds, its differences are what the random stream alone does to a
 comparison. Held against them: the gated anchor's differences from `hybrid` on the same seeds,
-split by the gate (README's gate-size hypothesis, tests N and O). `hybrid-log_std_shift` asks
+split by the gate (docs/RESULTS.md's gate-size hypothesis, tests N and O). `hybrid-log_std_shift` asks
 the same with the random stream kept: the exploration noise smaller by 1e-6 (test Q).
 
 Per measure, the paired differences' SD gives the seeds a paired comparison needs to see an

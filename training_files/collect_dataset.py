@@ -81,10 +81,10 @@ BUNDLED = {
     ("mujoco", "walker2d", "expert-v1"): BundledRecipe("Walker2d-v4", "expert", seed=1,
                                                        deterministic=True),
     ("mujoco", "walker2d", "medium-v0"): BundledRecipe("Walker2d-v4", "medium", seed=0),
-    # other episodes of the same medium policy: data no setting was chosen on (README, test G)
+    # other episodes of the same medium policy: data no setting was chosen on (docs/RESULTS.md, test G)
     ("mujoco", "walker2d", "medium-v1"): BundledRecipe("Walker2d-v4", "medium", seed=1),
     # a weaker PPO policy's sampled episodes, at the return of issue 12's independent data
-    # (~1,135): the regime where BC does little better than its data (README, test W)
+    # (~1,135): the regime where BC does little better than its data (docs/RESULTS.md, test W)
     ("mujoco", "walker2d", "simple-v0"): BundledRecipe("Walker2d-v4", "simple", seed=0),
     # Ant-v4 with contact forces (D4RL's 111-dim observation); named by measured quality:
     # its sampled actions score ~22 on D4RL's scale, below a third of the expert reference.

@@ -6,7 +6,7 @@ and a critic rate of 2e-4 (its `ppo_finetune/scripts/mujoco_loco/wm.sh` and `mai
 the value targets, which move as the policy improves, are tracked faster than the policy
 moves. Here the optimizer keeps SB3's class and settings but holds two parameter groups, the
 actor's and the critic's; the critic's rate follows the same schedule, scaled by
-critic_learning_rate / learning_rate. Measured on walker2d medium-v0 (README): not better than
+critic_learning_rate / learning_rate. Measured on walker2d medium-v0 (docs/RESULTS.md): not better than
 one rate, so it is off by default.
 
 Saved zips stay SB3's: `one_group` writes the optimizer state back as one group at the actor's

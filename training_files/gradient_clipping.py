@@ -11,7 +11,7 @@ scale: on walker2d the actor's clipped gradient is so small that Adam's eps (1e-
 sqrt(v_hat), and the actor keeps only 2-4% of Adam's normalised step
 (benchmarks/grad_clip_diag.py). Code that keeps an optimizer per network clips each network's
 gradient on its own (Uni-O4's `ppo_finetune/ppo.py`: 0.5 for each), so the actor's gradient is
-left alone unless it is large itself. Measured on walker2d, not better (README): joint stays.
+left alone unless it is large itself. Measured on walker2d, not better (docs/RESULTS.md): joint stays.
 """
 
 from __future__ import annotations

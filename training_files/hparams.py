@@ -127,13 +127,13 @@ class HybridConfig(EnvConfig):
     carry no policy gradient (offline_advantages none, or positive's zeros) shrink the online
     rows' part by the offline share; online: the sum over the online rows' count, so the online
     part has PPO's size at any mix_ratio. Under the joint gradient clip the actor's step is
-    proportional to its gradient (README: gradient clipping), so batch halves it at mix 0.5;
-    online measured worse on walker2d (README: test X)."""
+    proportional to its gradient (docs/RESULTS.md: gradient clipping), so batch halves it at mix 0.5;
+    online measured worse on walker2d (docs/RESULTS.md: test X)."""
     offline_value_weight: float = Field(1.0, ge=0, le=1)
     """An offline row's weight in the value loss, an online row's being 1; the loss is the
     weighted mean, so 0 leaves the online rows' mean (PPO's critic loss) and the offline rows
     train the critic only in the warm-up. Late in a run rho -> 0 on the data's actions and
-    V-trace's targets tend to the critic's own values there (README: test Z)."""
+    V-trace's targets tend to the critic's own values there (docs/RESULTS.md: test Z)."""
     log_std_decay: float = Field(0.0, ge=0)
     """Exploration noise schedule: log_std falls linearly by this much over the run (on top of
     what PPO learns), so the noisy policy that is trained ends closer to the deterministic one

@@ -12,11 +12,11 @@ seen enough of the fine-tuned policy's own returns.
 
 Which states: the update's (online and offline), or a fixed set, the states the start policy
 visits in its own deterministic episodes (hparam anchor_episodes; anchor_keep completed keeps
-only the episodes that ran to the time limit). Measured on walker2d (README Results): on the
+only the episodes that ran to the time limit). Measured on walker2d (docs/RESULTS.md): on the
 update's states it did not stop the early dips; on BC's own episodes it made them shallower
 (worst early evaluation 77-78% of BC instead of 55%) without moving the end of the run, and on
 expert data it cost evaluations (83% of BC at weight 10, 85% at weight 1). On the walker2d
-entry, gated (below), since 2026-11-28 (README Results, test L'); off on the ant and humanoid
+entry, gated (below), since 2026-11-28 (docs/RESULTS.md, test L'); off on the ant and humanoid
 entries, where it is unmeasured.
 
 How strongly (hparam anchor_gate bc_gain, `gain_gate`): in proportion to how far BC's own
@@ -24,7 +24,7 @@ episodes outscore the data it imitated. Where BC is no better than its data (exp
 BC on medium data) the offline V-trace term (positive advantages, the default when the gate
 was chosen) already held what BC does, and the anchor only slowed learning or cost expert
 evaluations; the early dips gather on the seeds where BC outscores its medium data by half
-again or more (README Results).
+again or more (docs/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Why: PPO's last iterate wanders. On walker2d the deterministic policy's periodic evaluations
 swing by 10-30 points between neighbouring evaluations while the noisy policy that PPO trains
-improves smoothly (README Results: early dips on expert and medium data, late falls of the
+improves smoothly (docs/RESULTS.md: early dips on expert and medium data, late falls of the
 evaluated policy while the rollout return still rises). Averaging the iterates is the classic
 answer to an iterate that oscillates around a good region (Polyak and Juditsky 1992); in deep
 RL, Nikishin et al. 2018 ("Improving stability in deep RL with weight averaging") averaged
@@ -17,7 +17,7 @@ keeps training on the online policy's returns. torch's AveragedModel keeps it; i
 update is exp(-(env steps per update) / time constant), so the time constant is in env steps
 and does not change with n_envs or n_steps.
 
-Measured on walker2d (README Results, `hybrid-policy_average`, 10k steps): on expert data it
+Measured on walker2d (docs/RESULTS.md, `hybrid-policy_average`, 10k steps): on expert data it
 meets both goals (every seed >= 90% of BC, last-3 IQM above BC's); on medium data the early
 dips get shallower but the late drift stays and the end is no better (P(it > hybrid) 0.45 on
 25 seeds), so it is off on every entry.

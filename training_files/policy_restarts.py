@@ -1,6 +1,6 @@
 """Training episodes that start where the evaluated (deterministic) policy has walked to.
 
-Why: on walker2d medium data, HybridPPO's late collapses are the mean action's alone (README,
+Why: on walker2d medium data, HybridPPO's late collapses are the mean action's alone (docs/RESULTS.md,
 "What still goes wrong"). On the three late-collapse seeds most of the final models'
 deterministic episodes fall after 317-543 steps, while the same models sampling with their
 own noise (std 0.11) walk. PPO improves the policy on the states its noisy rollouts visit,
@@ -19,7 +19,7 @@ though, so they are counted and reported next to the online steps.
 
 Only in-process envs (DummyVecEnv): the wrapper calls the policy being trained.
 
-Measured on walker2d (README Results, `hybrid-restarts`, fraction 0.5): the late collapses
+Measured on walker2d (docs/RESULTS.md, `hybrid-restarts`, fraction 0.5): the late collapses
 moved to other seeds rather than going (2 of 20 medium seeds against 2 of 25), and at equal
 env interaction (online + prefix steps) P(it > hybrid) was 0.48 on 10 seeds, so it is off on
 every entry.

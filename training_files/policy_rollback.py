@@ -2,7 +2,7 @@
 the best evaluation's policy instead of the fallen one.
 
 Why: on medium walker2d data a run's late falls are lasting moves of the deterministic policy,
-not oscillations (README: the averaged actor did not cancel them), and the run keeps training
+not oscillations (docs/RESULTS.md: the averaged actor did not cancel them), and the run keeps training
 the fallen policy to the end. The best-model keeper already hands over the best policy; this
 lets training continue from it. It is the exploit step of Population Based Training
 (Jaderberg et al. 2017, truncation selection copies a better member's weights) within one run.

@@ -70,7 +70,7 @@ def policy_advantages(advantages: torch.Tensor, rhos: torch.Tensor, offline: tor
     do; the pull is strong while the data beat the policy and fades once the policy beats them,
     with no coefficient to tune. Pushing away is the part to distrust: it acts on actions pi
     rarely takes, where the ratio and the critic are least reliable. Why "none" (the walker2d
-    default, README test W): where BC is no better than its data, the positive half of V-trace
+    default, docs/RESULTS.md test W): where BC is no better than its data, the positive half of V-trace
     advantages that are noise around 0 imitates a random half of the data and holds pi there.
     """
     if offline_advantages == "positive":
@@ -89,8 +89,8 @@ def policy_gradient_loss(surrogate: torch.Tensor, weights: torch.Tensor, offline
     offline rows out of the policy gradient count as zeros and shrink the online rows' part by
     the offline share. "online": the sum divided by the online rows, so the online part has
     PPO's size whatever the offline share. Why it matters: under SB3's joint gradient clip the
-    actor's Adam step works in its eps-dominated, SGD-like regime (README: gradient clipping),
-    where a gradient half as large is a step half as large (measured, README test X: "online"
+    actor's Adam step works in its eps-dominated, SGD-like regime (docs/RESULTS.md: gradient clipping),
+    where a gradient half as large is a step half as large (measured, docs/RESULTS.md test X: "online"
     did worse on weak data, so every entry keeps "batch"). Without offline rows both are the
     mean, computed as SB3 computes it; so is a minibatch without online rows (mix_ratio 1, the
     offline improvement). Offline rows that carry a gradient (positive, signed) then add to the
