@@ -332,6 +332,9 @@ def command(dataset: str, variant: str, seed: int, timesteps: int, runs: Path = 
             "--bc_checkpoint_dir", str((bc_runs or runs) / "bc" / f"seed{seed}"),  # per env inside
             "--save_file", str(save_file), "--log_file", str(log_file),
             "--no_progress", "--torch_threads", "1", "--device", "cpu",
+            # two runs share the two cores (--worker): split's worker would only add contention
+            # (the same samples either way; README: Speed)
+            "--vec_env", "dummy",
             *VARIANTS[variant].get("flags", [])]
     hparams = hparam_file(variant, runs, env)
     if hparams is not None:

@@ -55,7 +55,9 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
     hybrid_parallel_update (the critic's half of each minibatch in its own thread:
     critic_thread.py), hybrid_serial_update (the update in one thread),
     hybrid_serial_update_2threads (that with two torch threads, --torch_threads 2), ppo (plain
-    SB3 PPO with the entry's settings). `hybrid` in the results is the set-up the entry names.
+    SB3 PPO with the entry's settings), hybrid_split_parallel_update (that with vec_env split:
+    half the envs in a worker process, split_vec_env.py). `hybrid` in the results is the set-up
+    the entry names.
     The update's cost per sample is compared between ppo and hybrid (whose updates hold online
     + offline samples).
     """
@@ -68,8 +70,9 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
 
     one_env = cfg.model_copy(update={"n_envs": 1, "n_steps": cfg.n_steps * cfg.n_envs,
                                      "vec_env": "dummy", "parallel_update": False})
-    variants = {"parallel_update": {"parallel_update": True},
-                "serial_update": {"parallel_update": False}}
+    variants = {"parallel_update": {"parallel_update": True, "vec_env": "dummy"},
+                "serial_update": {"parallel_update": False, "vec_env": "dummy"},
+                "split_parallel_update": {"parallel_update": True, "vec_env": "split"}}
     setups = {"hybrid_1env": (HybridPPO, one_env), "ppo": (PPO, cfg),
               **{f"hybrid_{k}": (HybridPPO, cfg.model_copy(update=v)) for k, v in variants.items()},
               "hybrid_serial_update_2threads": (HybridPPO, cfg.model_copy(
@@ -110,7 +113,8 @@ def ppo_side_by_side(data, cfg, steps: int, repeats: int) -> dict:
                 1000 * timers.seconds["train"] / (updates * samples_per_update[kind]))
             env.close()
     torch.set_num_threads(1)
-    entry = "hybrid_parallel_update" if cfg.parallel_update else "hybrid_serial_update"
+    entry = ("hybrid_split_parallel_update" if cfg.vec_env == "split" and cfg.parallel_update
+             else "hybrid_parallel_update" if cfg.parallel_update else "hybrid_serial_update")
     times["hybrid"], parts["hybrid"] = times[entry], parts[entry]
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"online_steps_per_run": steps, "repeats": repeats,
@@ -201,6 +205,7 @@ def main() -> None:
     p.add_argument("--ppo_steps", type=int, default=16384)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bc_epochs", type=int, default=2)
+    p.add_argument("--out", type=Path, default=OUT, help="results file (default: %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(1)
     from hparams import load_hparams
@@ -213,8 +218,8 @@ def main() -> None:
               "dataset": args.dataset_name,
               "rollouts_and_updates": ppo_side_by_side(data, cfg, args.ppo_steps, args.repeats),
               "bc_vs_bare_torch": bc_side_by_side(data, bc_cfg, 128, args.bc_epochs)}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -76,8 +76,10 @@ class HybridConfig(EnvConfig):
 
     total_timesteps: int = Field(gt=0)
     n_envs: int = Field(1, gt=0)
-    vec_env: Literal["dummy", "subproc"] = "dummy"
-    """dummy: all envs step in this process (SB3's DummyVecEnv); subproc: one process per env."""
+    vec_env: Literal["dummy", "subproc", "split"] = "dummy"
+    """dummy: all envs step in this process (SB3's DummyVecEnv); subproc: one process per env;
+    split: half the envs in one worker process that samples their actions itself, the same
+    samples as dummy on two cores (split_vec_env.py)."""
     parallel_update: bool = True
     """The critic's forward and backward of each minibatch run in a second thread beside the
     actor's (critic_thread.py): the same update bit for bit, on two CPU cores (CPU only).

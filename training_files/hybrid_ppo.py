@@ -40,6 +40,7 @@ from offline_batch import OfflineBuffer, UpdateSamples
 from offline_data import OfflineData
 from policy_anchor import MeanActionAnchor
 from policy_average import ActorAverage
+from split_vec_env import SplitVecEnv
 from update_batch import (joined, online_samples, policy_advantages, policy_gradient_loss,
                           sample_counts)
 from update_terms import ActorTerms, record_update
@@ -226,14 +227,16 @@ class HybridPPO(PPO):
             self.warm_up_value_function(self.warm_start_steps)
         return out
 
-    def collect_rollouts(self, *args, **kwargs) -> bool:
+    def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps: int) -> bool:
         # The offline improvement runs here, not in _setup_learn: callbacks' on_training_start
         # (the step-0 evaluation, BC's score and the best-model keeper's first candidate) comes
         # between the two, and must still see the BC policy.
         if (self.offline is not None and self.mix_ratio > 0 and self.offline_policy_updates > 0
                 and not self.offline_improved):  # mix_ratio 0: no offline samples, as PPO
             self.improve_offline(self.offline_policy_updates)
-        return super().collect_rollouts(*args, **kwargs)
+        if isinstance(env, SplitVecEnv):  # its worker samples its own envs' actions
+            env.begin_rollout(self.policy, n_rollout_steps)
+        return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
 
     def improve_offline(self, n_updates: int) -> None:
         """n_updates updates on offline samples alone (`offline_improvement.py`)."""

@@ -35,8 +35,9 @@ from policy_anchor import gain_gate
 from policy_restarts import attach_policy, restart_counts, restart_wrapper
 from policy_rollback import PolicyRollback
 from preflight import best_model_file, model_file
+from split_vec_env import SplitVecEnv
 
-VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+VEC_ENV_CLASSES = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv, "split": SplitVecEnv}
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,17 @@ class HybridResult:
 
 
 def make_train_env(cfg, seed: int, device: str):
-    """cfg.n_envs copies of the env, stepped in this process or one process each."""
+    """cfg.n_envs copies of the env: in this process, one process each, or split between this
+    process and one worker (split_vec_env.py; one env: in this process)."""
     wrapper = float32_observations if device == "mps" else None
     if cfg.deterministic_restarts > 0:
         if cfg.vec_env != "dummy":
             raise PipelineError("deterministic_restarts needs vec_env dummy: its envs call the "
                                 "policy being trained, which lives in this process")
         wrapper = restart_wrapper(cfg.deterministic_restarts, wrapper)
+    kind = "dummy" if cfg.vec_env == "split" and cfg.n_envs < 2 else cfg.vec_env  # nothing to split
     return make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed, env_kwargs=cfg.env_kwargs,
-                        vec_env_cls=VEC_ENV_CLASSES[cfg.vec_env], wrapper_class=wrapper)
+                        vec_env_cls=VEC_ENV_CLASSES[kind], wrapper_class=wrapper)
 
 
 def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,

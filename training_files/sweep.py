@@ -134,14 +134,15 @@ def trial_argv(config: dict) -> list[str]:
 
 
 def trial_cpus(config: dict) -> int:
-    """CPUs one trial keeps busy: torch's threads, or one process per env with subproc envs."""
+    """CPUs one trial keeps busy: torch's threads, one process per env with subproc envs, or
+    two with split envs (this process and its worker)."""
     from hparams import DEFAULT_HPARAM_FILE, load_hparams
 
     args = pipeline.build_parser().parse_args(trial_argv(config))
     _, hybrid_cfg = load_hparams(args.hparam_bc, args.hparam_hybrid,
                                  args.hparam_file or DEFAULT_HPARAM_FILE,
                                  n_envs=args.n_envs, vec_env=args.vec_env)
-    envs = hybrid_cfg.n_envs if hybrid_cfg.vec_env == "subproc" else 1
+    envs = {"subproc": hybrid_cfg.n_envs, "split": 2}.get(hybrid_cfg.vec_env, 1)
     return max(args.torch_threads, envs)
 
 
@@ -483,6 +484,9 @@ def run(argv: list[str]) -> int:
     for key in grid:
         if f"--{key}" in rest:
             raise PipelineError(f"--{key} is both a fixed flag and a --grid key")
+    if "--vec_env" not in rest and "vec_env" not in grid:
+        # trials share the cores, where split's worker only adds contention (README: Speed)
+        rest = [*rest, "--vec_env", "dummy"]
     sweep_id = record["sweep_id"]
     launch_dir = os.getcwd()
     sweep_dir = Path(launch_dir) / SWEEPS_DIR / sweep_id

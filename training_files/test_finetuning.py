@@ -27,6 +27,7 @@ import copy
 import math
 import unittest
 import warnings
+from unittest import mock
 
 import gymnasium as gym
 import numpy as np
@@ -49,6 +50,8 @@ from offline_batch import normalise_per_source
 from policy_anchor import gain_gate
 from policy_restarts import DeterministicRestarts, attach_policy, restart_counts, restart_wrapper
 from policy_rollback import PolicyRollback
+import split_vec_env
+from split_vec_env import SplitVecEnv
 from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  # noqa: F401
                              setUpModule, stochastic_data, tearDownModule, tiny_policy_kwargs,
                              with_fields)
@@ -141,6 +144,103 @@ class VecEnvKindsTest(IsolatedTestCase):
         for a, b in zip(buffers[DummyVecEnv], buffers[SubprocVecEnv]):
             np.testing.assert_array_equal(a, b)
         self.assertGreater(np.abs(buffers[DummyVecEnv][2]).sum(), 0)
+
+
+class SplitVecEnvTest(IsolatedTestCase):
+    """vec_env split: half the envs in a worker that samples their actions itself."""
+
+    def _hybrid(self, cls, callback=None, steps: int = 3 * 4 * 32, env=None, **kwargs):
+        env = env or make_vec_env(ENV_ID, n_envs=4, seed=3, vec_env_cls=cls)
+        model = make_hybrid(env=env, n_steps=32, batch_size=64, n_epochs=2, seed=3,
+                            offline_data=stochastic_data(), segment_length=16, **kwargs)
+        model.learn(steps, callback=callback)  # three rollouts, two updates between them
+        buf = model.rollout_buffer
+        samples = (buf.observations.copy(), buf.actions.copy(), buf.rewards.copy(),
+                   buf.values.copy(), buf.log_probs.copy(), buf.episode_starts.copy())
+        return model, env, samples
+
+    def test_split_rollouts_give_the_same_samples_and_updates_as_dummy(self):
+        dummy, dummy_env, dummy_samples = self._hybrid(DummyVecEnv)
+        split, split_env, split_samples = self._hybrid(SplitVecEnv)
+        for a, b in zip(dummy_samples, split_samples):
+            np.testing.assert_array_equal(a, b)
+        self.assertTrue(params_equal(dummy, split))
+        self.assertTrue(dummy_samples[5][1:].any())  # episodes ended and restarted inside
+        # the worker chose every action of its envs but each rollout's first
+        self.assertEqual(split_env.worker_sampled_steps, 3 * (32 - 1))
+        dummy_env.close()
+        split_env.close()
+        self.assertFalse(split_env.process.is_alive())
+
+    def test_the_pipeline_splits_two_envs_or_more(self):
+        def cfg(n_envs):
+            return HybridConfig(env_id=ENV_ID, policy={"net_arch": {"pi": [16], "vf": [16]}},
+                                total_timesteps=64, n_envs=n_envs, vec_env="split")
+        one, two = make_train_env(cfg(1), 0, "cpu"), make_train_env(cfg(2), 0, "cpu")
+        self.assertIsInstance(one, DummyVecEnv)
+        self.assertIsInstance(two, SplitVecEnv)
+        self.assertEqual((two.local.num_envs, two.num_envs), (1, 2))
+        one.close()
+        two.close()
+
+    def test_where_policy_rows_depend_on_each_other_the_worker_steps_in_lockstep(self):
+        _, _, dummy_samples = self._hybrid(DummyVecEnv)
+        env = make_vec_env(ENV_ID, n_envs=4, seed=3, vec_env_cls=SplitVecEnv)
+        model = make_hybrid(env=env, seed=3, policy_kwargs=tiny_policy_kwargs())
+        obs = env.reset()
+        self.assertTrue(split_vec_env.rows_independent(model.policy, obs, env.first_remote))
+        env.seed(3)  # the reset above used make_vec_env's seeds
+        with mock.patch.object(split_vec_env, "rows_independent", return_value=False), \
+                self.assertWarnsRegex(UserWarning, "lockstep"):
+            _, env, split_samples = self._hybrid(SplitVecEnv, env=env)
+        for a, b in zip(dummy_samples, split_samples):
+            np.testing.assert_array_equal(a, b)
+        self.assertEqual(env.worker_sampled_steps, 0)
+        env.close()
+
+    def test_a_draw_from_torch_during_a_rollout_stops_the_run(self):
+        class DrawsNoise(BaseCallback):
+            def _on_step(self):
+                if self.n_calls == 5:
+                    torch.rand(1)
+                return True
+
+        env = make_vec_env(ENV_ID, n_envs=4, seed=3, vec_env_cls=SplitVecEnv)
+        with self.assertRaisesRegex(RuntimeError, "use --vec_env dummy"):
+            self._hybrid(SplitVecEnv, callback=DrawsNoise(), env=env)
+        env.close()
+        self.assertFalse(env.process.is_alive())
+
+    def test_a_rollout_stopped_early_leaves_an_env_that_says_so(self):
+        class Stops(BaseCallback):
+            def _on_step(self):
+                return self.n_calls < 5
+
+        model, env, _ = self._hybrid(SplitVecEnv, callback=Stops())
+        self.assertEqual(model.num_timesteps, 5 * 4)
+        with self.assertRaisesRegex(RuntimeError, "make a new env"):
+            model.learn(128, reset_num_timesteps=False)
+        env.close()  # the worker, blocked mid-rollout, is stopped
+        self.assertFalse(env.process.is_alive())
+
+    def test_outside_announced_rollouts_it_steps_like_dummy(self):
+        buffers, envs = {}, {}
+        for cls in (DummyVecEnv, SplitVecEnv):  # plain PPO announces no rollout
+            envs[cls] = env = make_vec_env(ENV_ID, n_envs=3, seed=3, vec_env_cls=cls)
+            model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=3,
+                        device="cpu", policy_kwargs={"net_arch": [16]})
+            model.learn(96)
+            buf = model.rollout_buffer
+            buffers[cls] = (buf.observations.copy(), buf.actions.copy(), buf.rewards.copy())
+        for a, b in zip(buffers[DummyVecEnv], buffers[SplitVecEnv]):
+            np.testing.assert_array_equal(a, b)
+        split = envs[SplitVecEnv]
+        self.assertEqual(split.worker_sampled_steps, 0)
+        split.set_attr("tag", 7, indices=[0, 2])  # env 0 here, env 2 in the worker
+        self.assertEqual(split.get_attr("tag", indices=[0, 2]), [7, 7])
+        self.assertEqual(split.env_is_wrapped(Monitor), [True, True, True])
+        for env in envs.values():
+            env.close()
 
 
 class FineTuningMechanismsTest(IsolatedTestCase):

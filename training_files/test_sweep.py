@@ -164,6 +164,7 @@ class InterruptedSweep(SweepTestCase):
         for entry in last.values():
             self.assertEqual(entry["status"], "ok", entry.get("error"))
             self.assertEqual(entry["args"]["mix_ratio"], 0.5)
+            self.assertEqual(entry["args"]["vec_env"], "dummy")  # trials share the cores
             self.check_own_seed_bc(entry, "s")
         # seed 0 ran once; seed 1 at most once before Ctrl-C (logged 'interrupted'), then again
         self.assertLessEqual({e["status"] for e in entries}, {"ok", "interrupted"})

@@ -136,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument("--n_envs", type=positive_int, default=None,
                        help="Envs stepped together in the rollouts (default: the hparam entry's "
                             "n_envs); n_steps stays per env, as in SB3")
-    extra.add_argument("--vec_env", choices=["dummy", "subproc"], default=None,
-                       help="dummy: envs step in this process; subproc: one process per env "
-                            "(default: the hparam entry's vec_env)")
+    extra.add_argument("--vec_env", choices=["dummy", "subproc", "split"], default=None,
+                       help="dummy: envs step in this process; subproc: one process per env; "
+                            "split: half of them in one worker process, the same samples as "
+                            "dummy (default: the hparam entry's vec_env)")
     extra.add_argument("--torch_threads", type=positive_int, default=1,
                        help="torch intra-op threads on CPU (default: %(default)s; the 256x256 "
                             "MLPs gain nothing from more, and lose a lot when cores are shared)")
