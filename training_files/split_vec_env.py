@@ -29,6 +29,7 @@ import signal
 import traceback
 import warnings
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.utils import obs_as_tensor
@@ -36,8 +37,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper, VecEnv
 
 
-def _clip(actions: np.ndarray, space) -> np.ndarray:
-    """What collect_rollouts does to a Box action before env.step (SB3 2.x)."""
+def _env_actions(policy, actions: np.ndarray, space) -> np.ndarray:
+    """What SB3's collect_rollouts hands env.step for the policy's actions (SB3 2.x)."""
+    if not isinstance(space, gym.spaces.Box):
+        return actions
+    if policy.squash_output:
+        return policy.unscale_action(actions)
     return np.clip(actions, space.low, space.high)
 
 
@@ -55,7 +60,7 @@ def _rollout(remote, venv: DummyVecEnv, policy, data) -> None:
             batch[first_row:] = obs
             with torch.no_grad():
                 sampled, _, _ = policy(obs_as_tensor(batch, policy.device))
-            actions = _clip(sampled.cpu().numpy()[first_row:], venv.action_space)
+            actions = _env_actions(policy, sampled.cpu().numpy()[first_row:], venv.action_space)
         obs, rewards, dones, infos = venv.step(actions)
         remote.send(("ok", (actions, obs, rewards, dones, infos)))
 
