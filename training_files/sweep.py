@@ -484,7 +484,7 @@ def run(argv: list[str]) -> int:
     for key in grid:
         if f"--{key}" in rest:
             raise PipelineError(f"--{key} is both a fixed flag and a --grid key")
-    if "--vec_env" not in rest and "vec_env" not in grid:
+    if not any(a.split("=")[0] == "--vec_env" for a in rest) and "vec_env" not in grid:
         # trials share the cores, where split's worker only adds contention (README: Speed)
         rest = [*rest, "--vec_env", "dummy"]
     sweep_id = record["sweep_id"]
