@@ -160,6 +160,10 @@ phase --datasets medium-v0 --seeds 0 1 2 5 8 13 23 24 --variants hybrid-gated_an
 phase --datasets medium-v1 --seeds 0 5 6 7 9 --variants hybrid-gated_anchor
 phase --datasets expert-v0 --seeds $(seq 0 9) --variants hybrid-gated_anchor
 phase --datasets medium-v0 --seeds 3 4 6 7 9 --variants hybrid-gated_anchor
+# test AA (2026-11-28, docs/RESULTS.md): the walker2d default on these bytes, paired with the
+# seeds bc_ppo and hybrid ran above
+phase --datasets medium-v0 --seeds $(seq 0 24) --variants hybrid-gated_anchor_offline_critic_only
+phase --datasets expert-v0 --seeds $(seq 0 9) --variants hybrid-gated_anchor_offline_critic_only
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
