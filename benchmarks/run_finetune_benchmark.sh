@@ -164,6 +164,7 @@ phase --datasets medium-v0 --seeds 3 4 6 7 9 --variants hybrid-gated_anchor
 # seeds bc_ppo and hybrid ran above
 phase --datasets medium-v0 --seeds $(seq 0 24) --variants hybrid-gated_anchor_offline_critic_only
 phase --datasets expert-v0 --seeds $(seq 0 9) --variants hybrid-gated_anchor_offline_critic_only
+phase --datasets medium-v1 --seeds $(seq 0 9) --variants hybrid-gated_anchor_offline_critic_only
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
