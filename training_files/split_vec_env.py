@@ -198,6 +198,8 @@ class SplitVecEnv(VecEnv):
         if not self._sent_class:
             constructor = (type(policy), policy._get_constructor_parameters())
             self._sent_class = True
+        # copies: the pipe's pickler (torch's reductions) moves a tensor's storage into shared
+        # memory, which must not happen to the live parameters the next update changes
         state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
         self.remote.send(("rollout", (constructor, state, torch.get_rng_state(), actions,
                                       self._steps_left, self.first_remote, self.num_envs)))
