@@ -10,6 +10,7 @@
 Writes benchmarks/results/throughput.json.
 
   python benchmarks/throughput.py --dataset_name expert-v0
+  python benchmarks/throughput.py --env ant --out benchmarks/results/throughput_ant.json
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "throughput.json"
+# --env: its hparam entries and the bundled dataset the measurement loads by default
+ENTRIES = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid", "expert-v0"),
+           "ant": ("Ant-v4-bc-large", "Ant-v4-hybrid", "simple-v0"),
+           "humanoid": ("Humanoid-v4-bc-large", "Humanoid-v4-hybrid", "simple-v0")}
 
 
 class Timers:
@@ -201,7 +206,10 @@ def bc_side_by_side(data, bc_cfg, batch_size: int, epochs: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset_name", default="expert-v0")
+    p.add_argument("--env", choices=list(ENTRIES), default="walker2d",
+                   help="which env's hparam entries and bundled data (default: %(default)s)")
+    p.add_argument("--dataset_name", default=None,
+                   help="bundled dataset (default: expert-v0 for walker2d, simple-v0 otherwise)")
     p.add_argument("--ppo_steps", type=int, default=16384)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bc_epochs", type=int, default=2)
@@ -211,11 +219,13 @@ def main() -> None:
     from hparams import load_hparams
     from offline_data import load_offline_data
 
-    bc_cfg, cfg = load_hparams("Walker2d-v4-bc-large", "Walker2d-v4-hybrid")
-    data = load_offline_data("mujoco", "walker2d", [args.dataset_name], cfg.env_id)
+    bc_key, hybrid_key, default_name = ENTRIES[args.env]
+    dataset_name = args.dataset_name or default_name
+    bc_cfg, cfg = load_hparams(bc_key, hybrid_key)
+    data = load_offline_data("mujoco", args.env, [dataset_name], cfg.env_id)
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch_threads": 1, "torch": torch.__version__},
-              "dataset": args.dataset_name,
+              "env": args.env, "hparam_hybrid": hybrid_key, "dataset": dataset_name,
               "rollouts_and_updates": ppo_side_by_side(data, cfg, args.ppo_steps, args.repeats),
               "bc_vs_bare_torch": bc_side_by_side(data, bc_cfg, 128, args.bc_epochs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
