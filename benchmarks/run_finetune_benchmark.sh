@@ -165,6 +165,8 @@ phase --datasets medium-v0 --seeds 3 4 6 7 9 --variants hybrid-gated_anchor
 phase --datasets medium-v0 --seeds $(seq 0 24) --variants hybrid-gated_anchor_offline_critic_only
 phase --datasets expert-v0 --seeds $(seq 0 9) --variants hybrid-gated_anchor_offline_critic_only
 phase --datasets medium-v1 --seeds $(seq 0 9) --variants hybrid-gated_anchor_offline_critic_only
+# test AB (2026-11-29): the same on seeds 10-19
+phase --datasets medium-v1 expert-v0 --seeds $(seq 10 19) --variants hybrid-gated_anchor_offline_critic_only
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
