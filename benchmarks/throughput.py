@@ -30,10 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "throughput.json"
-# --env: its hparam entries and the bundled dataset the measurement loads by default
-ENTRIES = {"walker2d": ("Walker2d-v4-bc-large", "Walker2d-v4-hybrid", "expert-v0"),
-           "ant": ("Ant-v4-bc-large", "Ant-v4-hybrid", "simple-v0"),
-           "humanoid": ("Humanoid-v4-bc-large", "Humanoid-v4-hybrid", "simple-v0")}
+# --env: the bundled dataset the measurement loads by default (hparam keys: finetune.KEYS)
+DEFAULT_DATASET = {"walker2d": "expert-v0", "ant": "simple-v0", "humanoid": "simple-v0"}
 
 
 class Timers:
@@ -206,7 +204,7 @@ def bc_side_by_side(data, bc_cfg, batch_size: int, epochs: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", choices=list(ENTRIES), default="walker2d",
+    p.add_argument("--env", choices=list(DEFAULT_DATASET), default="walker2d",
                    help="which env's hparam entries and bundled data (default: %(default)s)")
     p.add_argument("--dataset_name", default=None,
                    help="bundled dataset (default: expert-v0 for walker2d, simple-v0 otherwise)")
@@ -219,8 +217,10 @@ def main() -> None:
     from hparams import load_hparams
     from offline_data import load_offline_data
 
-    bc_key, hybrid_key, default_name = ENTRIES[args.env]
-    dataset_name = args.dataset_name or default_name
+    from finetune import KEYS  # QUICKSTART's hparam keys per --env (this script's directory)
+
+    bc_key, hybrid_key = KEYS[args.env]
+    dataset_name = args.dataset_name or DEFAULT_DATASET[args.env]
     bc_cfg, cfg = load_hparams(bc_key, hybrid_key)
     data = load_offline_data("mujoco", args.env, [dataset_name], cfg.env_id)
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
