@@ -15,7 +15,8 @@ the ablations measured before positive offline advantages became the default kee
 so they differ from `hybrid-signed_offline` in one thing):
   bc_ppo                  --mix_ratio 0: PPO started from BC (same warm-ups and schedules)
   hybrid                  QUICKSTART defaults (offline_advantages positive: offline samples
-                          enter the policy gradient only where their V-trace advantage is > 0)
+                          enter the policy gradient only where their V-trace advantage is > 0;
+                          on ant and humanoid signed, their entries' setting until test AC)
   hybrid-signed_offline   offline_advantages signed, as online (the default until this
                           benchmark showed otherwise)
   hybrid-offline_improvement  offline_policy_updates 20: 20 updates on offline samples alone
@@ -122,9 +123,10 @@ the default, `hybrid`/`bc_ppo` of that time are `hybrid-log_std_decay_0`/`bc_ppo
 
   python benchmarks/finetune.py --datasets medium-v0 --seeds 0 1 2 3 4 \\
       --variants hybrid bc_ppo --worker 0/2
-  # the learning curves of QUICKSTART's other envs, on their bundled data (one seed)
-  python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 \\
-      --variants hybrid bc_ppo --timesteps 500000
+  # QUICKSTART's other envs on their bundled data (test AC: their default since 2026-11-29 is
+  # hybrid-offline_critic_only; hybrid keeps their former signed offline advantages)
+  python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 1 2 \\
+      --variants hybrid-offline_critic_only hybrid bc_ppo --timesteps 500000
 """
 
 from __future__ import annotations
@@ -159,6 +161,10 @@ NO_DECAY = {"log_std_decay": 0.0}
 # The ablations below were measured when signed offline advantages were the default: they keep
 # it, so a rerun reproduces them; they are variants of `hybrid-signed_offline`.
 SIGNED = {"offline_advantages": "signed"}
+# What every variant is a change of, per env: the ant and humanoid entries had signed offline
+# advantages until test AC (2026-11-29, docs/RESULTS.md), so their `hybrid` keeps them there
+# and their default since then is `hybrid-offline_critic_only`.
+PREVIOUS_DEFAULTS = {"walker2d": PREVIOUS_WALKER2D_DEFAULT, "ant": SIGNED, "humanoid": SIGNED}
 ANCHOR = {"anchor_coeff": 1.0, "anchor_decay": 0.95}
 START_ANCHOR = {**ANCHOR, "anchor_coeff": 10.0, "anchor_episodes": 10}
 # the walker2d default's anchor since 2026-11-28: the start anchor, weighted by BC's gain
@@ -303,9 +309,9 @@ def worker_share(requested: list, worker: str) -> list:
 
 
 def hparam_file(variant: str, runs: Path, env: str = "walker2d") -> Path | None:
-    """hparam.yml with the variant's changes to the hybrid entry (None: the file as it is);
-    on walker2d, changes to PREVIOUS_WALKER2D_DEFAULT."""
-    base = PREVIOUS_WALKER2D_DEFAULT if env == "walker2d" else {}
+    """hparam.yml with the variant's changes to the hybrid entry (None: the file as it is),
+    made to the env's PREVIOUS_DEFAULTS so that recorded runs stay reproducible."""
+    base = PREVIOUS_DEFAULTS.get(env, {})
     changes = {**base, **VARIANTS[variant].get("hparams", {})}
     if not changes:
         return None

@@ -62,6 +62,12 @@ python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 --variant
 python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 0 \
   --variants hybrid bc_ppo hybrid-positive_offline --timesteps 500000 &
 wait
+# test AC (2026-11-29, docs/RESULTS.md): offline samples out of the policy gradient there, 3 seeds
+python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 1 2 \
+  --variants hybrid-offline_critic_only hybrid bc_ppo --timesteps 500000 &
+python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 0 1 2 \
+  --variants hybrid-offline_critic_only hybrid bc_ppo --timesteps 500000 &
+wait
 python benchmarks/analyze_finetune.py
 # 6. the measurements around the goals: how noisy one 10-episode evaluation of a BC policy is
 # (the early-dip rule's noise floor), and what the confirmation step changes in these runs

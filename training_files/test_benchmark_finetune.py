@@ -90,6 +90,20 @@ class CommandTest(unittest.TestCase):
                     self.assertEqual((hybrid.anchor_coeff, hybrid.anchor_episodes,
                                       hybrid.anchor_gate), previous)
 
+    def test_ant_and_humanoid_variants_keep_signed_offline_advantages(self):
+        # Their entries left signed offline advantages in test AC; the recorded `hybrid` and
+        # `bc_ppo` runs had them, and `hybrid-offline_critic_only` is the entries' setting.
+        with tempfile.TemporaryDirectory() as tmp:
+            for env in ("ant", "humanoid"):
+                self.assertEqual(load_hparams(*finetune.KEYS[env])[1].offline_advantages, "none")
+                for variant, previous in (("hybrid", "signed"), ("bc_ppo", "signed"),
+                                          ("hybrid-offline_critic_only", "none")):
+                    with self.subTest(env=env, variant=variant):
+                        args, _, _ = finetune.command("simple-v0", variant, 0, 1000, Path(tmp), env)
+                        parsed = build_parser().parse_args(args)
+                        _, hybrid = load_hparams(*finetune.KEYS[env], Path(parsed.hparam_file))
+                        self.assertEqual(hybrid.offline_advantages, previous)
+
 
 class ResultsFileTest(unittest.TestCase):
     def test_finished_skips_a_line_cut_by_a_crash(self):
