@@ -68,11 +68,8 @@ python benchmarks/finetune.py --env ant --datasets simple-v0 --seeds 0 1 2 \
 python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 0 1 2 \
   --variants hybrid-offline_critic_only hybrid bc_ppo --timesteps 500000 &
 wait
-python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 3 4 \
-  --variants hybrid-offline_critic_only hybrid --timesteps 500000 --worker 0/2 &
-python benchmarks/finetune.py --env humanoid --datasets simple-v0 --seeds 3 4 \
-  --variants hybrid-offline_critic_only hybrid --timesteps 500000 --worker 1/2 &
-wait
+phase --env humanoid --datasets simple-v0 --seeds 3 4 \
+  --variants hybrid-offline_critic_only hybrid --timesteps 500000
 python benchmarks/analyze_finetune.py
 # 6. the measurements around the goals: how noisy one 10-episode evaluation of a BC policy is
 # (the early-dip rule's noise floor), and what the confirmation step changes in these runs

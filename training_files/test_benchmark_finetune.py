@@ -52,6 +52,13 @@ class WorkerShareTest(unittest.TestCase):
         self.assertIn("--worker '2/2': i must be in 0..n-1", out.stderr.strip().splitlines()[-1])
 
 
+def hybrid_entry_of(dataset: str, variant: str, env: str, runs: Path):
+    """The hybrid hparam entry a benchmark run of `variant` gets, as its command passes it."""
+    args, _, _ = finetune.command(dataset, variant, 0, 1000, runs, env)
+    parsed = build_parser().parse_args(args)
+    return load_hparams(*finetune.KEYS[env], Path(parsed.hparam_file))[1]
+
+
 class CommandTest(unittest.TestCase):
     def test_every_variant_is_a_valid_pipeline_command(self):
         # A variant whose flag or hparam the pipeline does not know would only fail hours into a
@@ -84,9 +91,7 @@ class CommandTest(unittest.TestCase):
             for variant, previous in (("hybrid", (0.0, 0, "none")), ("bc_ppo", (0.0, 0, "none")),
                                       ("hybrid-gated_anchor", (10.0, 10, "bc_gain"))):
                 with self.subTest(variant=variant):
-                    args, _, _ = finetune.command("medium-v0", variant, 0, 1000, Path(tmp))
-                    parsed = build_parser().parse_args(args)
-                    _, hybrid = load_hparams(*finetune.KEYS["walker2d"], Path(parsed.hparam_file))
+                    hybrid = hybrid_entry_of("medium-v0", variant, "walker2d", Path(tmp))
                     self.assertEqual((hybrid.anchor_coeff, hybrid.anchor_episodes,
                                       hybrid.anchor_gate), previous)
 
@@ -99,9 +104,7 @@ class CommandTest(unittest.TestCase):
                 for variant, previous in (("hybrid", "signed"), ("bc_ppo", "signed"),
                                           ("hybrid-offline_critic_only", "none")):
                     with self.subTest(env=env, variant=variant):
-                        args, _, _ = finetune.command("simple-v0", variant, 0, 1000, Path(tmp), env)
-                        parsed = build_parser().parse_args(args)
-                        _, hybrid = load_hparams(*finetune.KEYS[env], Path(parsed.hparam_file))
+                        hybrid = hybrid_entry_of("simple-v0", variant, env, Path(tmp))
                         self.assertEqual(hybrid.offline_advantages, previous)
 
 
