@@ -175,6 +175,10 @@ phase --datasets expert-v0 --seeds $(seq 0 9) --variants hybrid-gated_anchor_off
 phase --datasets medium-v1 --seeds $(seq 0 9) --variants hybrid-gated_anchor_offline_critic_only
 # test AB (2026-11-29): the same on seeds 10-19
 phase --datasets medium-v1 expert-v0 --seeds $(seq 10 19) --variants hybrid-gated_anchor_offline_critic_only
+# test AD (2026-11-29, session 34): the headline comparison on 50 medium-v0 seeds (N fixed before the runs)
+phase --datasets medium-v0 --seeds $(seq 25 49) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
+# test AE (same session): the expert trade-off, the default against hybrid on 30 seeds
+phase --datasets expert-v0 --seeds $(seq 20 29) --variants hybrid-gated_anchor_offline_critic_only hybrid
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
