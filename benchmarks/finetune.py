@@ -81,7 +81,8 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-restarts_matched the same at the same env interaction as hybrid: run with --timesteps
                           131072, the prefixes adding ~72k env steps (measured: 202.8k in all)
   hybrid-positive_offline offline_advantages positive, set explicitly: the same as `hybrid` on
-                          walker2d, a variant on ant and humanoid, whose entries keep signed ones
+                          walker2d, a variant on ant and humanoid (their `hybrid` signed, their
+                          entries none since test AC)
   hybrid-small_steps      learning_rate 3e-5, clip_range 0.05: Uni-O4's actor step sizes
   hybrid-critic_lr        critic_learning_rate 3e-4: the critic 6x faster than the actor
   hybrid-uni_o4_steps     both: actor 3e-5, critic 2e-4, clip 0.05 (Uni-O4's wm.sh)
