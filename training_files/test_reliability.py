@@ -242,5 +242,55 @@ class InterruptDuringGeneration(_Case):
         self.assertFalse((self.work / "never.zip").exists())
 
 
+class CtrlCInsideAnImport(unittest.TestCase):
+    """Ctrl-C while MuJoCo's C extension initialises reaches the pipeline as gymnasium's
+    DependencyNotInstalled, chained to ImportError("initialization failed") and, behind it, the
+    KeyboardInterrupt (seen once in CI: exit 1 and a traceback instead of exit 130)."""
+
+    @staticmethod
+    def _raised(make_error):
+        try:
+            make_error()
+        except Exception as exc:
+            return exc
+        raise AssertionError("nothing raised")
+
+    def test_an_error_chained_to_ctrl_c_is_an_interrupt(self):
+        import gymnasium
+
+        from errors import raised_by_ctrl_c
+
+        def import_interrupted():
+            try:
+                try:
+                    raise KeyboardInterrupt
+                except KeyboardInterrupt as exc:
+                    raise ImportError("initialization failed") from exc
+            except ImportError as exc:
+                raise gymnasium.error.DependencyNotInstalled("MuJoCo is not installed") from exc
+
+        def handled_while_interrupted():  # implicit chaining: raised inside the handler
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("cleanup failed")
+
+        self.assertTrue(raised_by_ctrl_c(self._raised(import_interrupted)))
+        self.assertTrue(raised_by_ctrl_c(self._raised(handled_while_interrupted)))
+        self.assertTrue(raised_by_ctrl_c(KeyboardInterrupt()))
+
+    def test_a_bug_stays_a_bug(self):
+        from errors import raised_by_ctrl_c
+
+        def bug():
+            try:
+                {}["missing"]
+            except KeyError as exc:
+                raise ValueError("bad") from exc
+
+        self.assertFalse(raised_by_ctrl_c(self._raised(bug)))
+        self.assertFalse(raised_by_ctrl_c(ValueError("plain")))
+
+
 if __name__ == "__main__":
     unittest.main()
