@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from errors import PipelineError
+from errors import PipelineError, exit_code
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = REPO_ROOT / "reference_policies"
@@ -398,9 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                                     D4RL_REF_SCORES.get(env), algorithm_name=str(args.policy),
                                     description=f"collect_dataset.py seed {args.seed}, "
                                                 f"{args.n_envs} envs")
-    except PipelineError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
+    except (KeyboardInterrupt, Exception) as exc:
+        return exit_code(exc, "Interrupted: no dataset was written (nothing is left half-written)")
     print(f"Wrote {path}: {len(buffers)} episodes, mean return {np.mean(returns):.1f}")
     return 0
 

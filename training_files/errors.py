@@ -1,8 +1,13 @@
-"""The one exception type for mistakes a user can fix.
+"""The one exception type for mistakes a user can fix, and how a command ends on it or on Ctrl-C.
 
-The entry script catches it once and prints its message as a single line with a non-zero
-exit, so bad input never shows a traceback (programming errors still do, on purpose).
+Each command catches it once and prints its message as a single line with a non-zero exit, so
+bad input never shows a traceback (programming errors still do, on purpose); Ctrl-C ends with
+one line and exit 130, as a shell reports SIGINT.
 """
+
+import sys
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
 class PipelineError(Exception):
@@ -23,3 +28,16 @@ def raised_by_ctrl_c(exc: BaseException) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def exit_code(exc: BaseException, interrupted: str) -> int:
+    """One line on stderr and the exit code for what ended a command's main: `interrupted`
+    and 130 for Ctrl-C (chained or not), "ERROR: ..." and 1 for a PipelineError. Anything
+    else is a bug and is raised again, traceback and all."""
+    if raised_by_ctrl_c(exc):
+        print(interrupted, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(exc, PipelineError):
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    raise exc

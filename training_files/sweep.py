@@ -39,7 +39,7 @@ TRAINING_FILES = Path(__file__).resolve().parent
 sys.path.insert(0, str(TRAINING_FILES))
 
 import train_hybrid_pipeline as pipeline  # noqa: E402
-from errors import PipelineError  # noqa: E402
+from errors import PipelineError, exit_code  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 
 SWEEPS_DIR = Path("sweeps")
@@ -546,9 +546,9 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
-    except PipelineError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return pipeline.EXIT_ERROR
+    except (KeyboardInterrupt, Exception) as exc:  # Tune's own Ctrl-C handling ends fit() instead
+        return exit_code(exc, f"Interrupted; a sweep that printed its id continues with: "
+                              f"python {Path(__file__).name} --resume <id>")
 
 
 if __name__ == "__main__":

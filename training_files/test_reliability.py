@@ -19,7 +19,7 @@ import unittest
 from pathlib import Path
 
 from testing_utils import (ENTRY_SCRIPT, TRAINING_FILES, IsolatedTestCase, interruptible,
-                           write_hparam_file, write_tiny_minari)
+                           save_tiny_policy, write_hparam_file, write_tiny_minari)
 
 BASE = ["--dataset", "mujoco", "--env", "walker2d", "--hparam_bc", "Walker2d-v4-bc-large",
         "--hparam_hybrid", "Walker2d-v4-hybrid", "--no_progress"]
@@ -242,6 +242,57 @@ class InterruptDuringGeneration(_Case):
         self.assertFalse((self.work / "never.zip").exists())
 
 
+class CtrlCInTheOtherCommands(_Case):
+    """collect_dataset.py and train_reference_policy.py end on Ctrl-C as the pipeline does: one
+    line, exit 130, nothing half-written, the reference training resumable."""
+
+    def interrupt_when(self, argv: list[str], ready) -> tuple[int, str]:
+        """Run a command, send SIGINT once `ready(stderr so far)` is true; (exit code, stderr)."""
+        err_file = self.tmp / "stderr.txt"
+        with open(err_file, "w") as err:
+            proc = subprocess.Popen([sys.executable, *argv], cwd=self.work,
+                                    stdout=subprocess.DEVNULL, stderr=err,
+                                    stdin=subprocess.DEVNULL, env=os.environ.copy(),
+                                    preexec_fn=interruptible)
+            try:
+                deadline = time.time() + 300
+                while not ready(err_file.read_text()):
+                    self.assertIsNone(proc.poll(), err_file.read_text()[-2000:])
+                    self.assertLess(time.time(), deadline)
+                    time.sleep(0.2)
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return proc.returncode, err_file.read_text()
+
+    def test_collect_dataset(self):
+        policy = save_tiny_policy(self.work / "tiny.zip")
+        root = Path(os.environ["MINARI_DATASETS_PATH"])
+        # Interrupted while it rolls out (its progress bar has started): 20,000 episodes of an
+        # untrained walker take minutes.
+        rc, err = self.interrupt_when(
+            [str(TRAINING_FILES / "collect_dataset.py"), "--env_id", "Walker2d-v4", "--policy",
+             str(policy), "--episodes", "20000", "--name", "mujoco/walker2d/stopped-v0"],
+            ready=lambda err: "collect Walker2d-v4" in err)
+        line = self.assertOneLine(err, 130, rc)
+        self.assertIn("no dataset was written", line)
+        self.assertFalse((root / "mujoco/walker2d/stopped-v0").exists())
+        self.assertEqual(list(root.glob(".staging-*")) if root.exists() else [], [])
+
+    def test_train_reference_policy(self):
+        out = self.work / "ref"
+        rc, err = self.interrupt_when(
+            [str(TRAINING_FILES / "train_reference_policy.py"), "--no_progress", "--n_steps", "64",
+             "--checkpoint_every", "64", "--timesteps", "10000000", "--out", str(out)],
+            ready=lambda err: (out / "ppo_vecnormalize_64_steps.pkl").exists())
+        line = self.assertOneLine(err, 130, rc)
+        self.assertIn(f"saved so far are in {out}; --resume continues", line)
+        self.assertTrue((out / "ppo_64_steps.zip").exists())
+
+
 class CtrlCInsideAnImport(unittest.TestCase):
     """Ctrl-C while MuJoCo's C extension initialises reaches the pipeline as gymnasium's
     DependencyNotInstalled, chained to ImportError("initialization failed") and, behind it, the
@@ -290,6 +341,30 @@ class CtrlCInsideAnImport(unittest.TestCase):
 
         self.assertFalse(raised_by_ctrl_c(self._raised(bug)))
         self.assertFalse(raised_by_ctrl_c(ValueError("plain")))
+
+    def test_each_command_ends_on_one_line_with_its_code(self):
+        """errors.exit_code, which every command's main ends through: a PipelineError wrapping
+        an interrupted import (offline_data._env_shapes wraps gym.make's errors) is Ctrl-C."""
+        import contextlib
+        import io
+
+        from errors import PipelineError, exit_code
+
+        def wrapped_interrupt():
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as exc:
+                raise PipelineError("Cannot create env Walker2d-v4 {}: MuJoCo is not installed") from exc
+
+        for exc, code, line in ((self._raised(wrapped_interrupt), 130, "Interrupted: x"),
+                                (KeyboardInterrupt(), 130, "Interrupted: x"),
+                                (PipelineError("bad flag"), 1, "ERROR: bad flag")):
+            err = io.StringIO()
+            with self.subTest(exc=exc), contextlib.redirect_stderr(err):
+                self.assertEqual(exit_code(exc, "Interrupted: x"), code)
+            self.assertEqual(err.getvalue(), line + "\n")
+        with self.assertRaises(ZeroDivisionError):  # a bug keeps its traceback
+            exit_code(ZeroDivisionError("bug"), "Interrupted: x")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from errors import PipelineError, raised_by_ctrl_c  # noqa: E402
+from errors import EXIT_ERROR, EXIT_INTERRUPTED, PipelineError, raised_by_ctrl_c  # noqa: E402
 
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 DEFAULT_LOG = Path("logs/pipeline_runs.json")
 
 
@@ -449,19 +448,20 @@ def main(argv: list[str] | None = None, on_eval=None, entry_fields: dict | None 
     try:
         run_pipeline(args, entry, on_eval)
         entry["status"] = "ok"
-    except PipelineError as exc:
-        message = str(exc)
-        if not message.startswith(("ERROR:", "Pipeline failed:")):
-            message = f"ERROR: {message}"
-        entry.update(status="failed", error=message)
-        code = EXIT_ERROR
     except (KeyboardInterrupt, Exception) as exc:
-        if not raised_by_ctrl_c(exc):  # a bug, not bad input: log it, then show the traceback
+        if raised_by_ctrl_c(exc):  # also a PipelineError wrapping an interrupted import
+            message, code = _interrupted_message(entry), EXIT_INTERRUPTED
+            entry["status"] = "interrupted"
+        elif isinstance(exc, PipelineError):
+            message = str(exc)
+            if not message.startswith(("ERROR:", "Pipeline failed:")):
+                message = f"ERROR: {message}"
+            entry.update(status="failed", error=message)
+            code = EXIT_ERROR
+        else:  # a bug, not bad input: log it, then show the traceback
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
             _log(args, entry, started, append)
             raise
-        message, code = _interrupted_message(entry), EXIT_INTERRUPTED
-        entry["status"] = "interrupted"
     log_problem = _log(args, entry, started, append)
     if log_problem:  # the run's own outcome and the log's failure share the one line
         message = f"{message}; {log_problem}" if message else f"ERROR: {log_problem}"

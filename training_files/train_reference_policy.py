@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from collect_dataset import parse_env_kwargs
-from errors import PipelineError
+from errors import PipelineError, exit_code
 
 RUN_FILE = "run.json"
 DEFAULT_ENV_ID = "Walker2d-v4"
@@ -199,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                                args.checkpoint_every, args.resume, n_envs=args.n_envs,
                                env_kwargs=env_kwargs, n_steps=args.n_steps,
                                progress=not args.no_progress)
-    except PipelineError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
+    except (KeyboardInterrupt, Exception) as exc:
+        return exit_code(exc, "Interrupted" if args.evaluate else
+                         f"Interrupted: the checkpoints saved so far are in {args.out}; "
+                         "--resume continues from the newest")
     return 0
 
 
