@@ -179,6 +179,8 @@ phase --datasets medium-v1 expert-v0 --seeds $(seq 10 19) --variants hybrid-gate
 phase --datasets medium-v0 --seeds $(seq 25 49) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
 # test AE (same session): the expert trade-off, the default against hybrid on 30 seeds
 phase --datasets expert-v0 --seeds $(seq 20 29) --variants hybrid-gated_anchor_offline_critic_only hybrid
+# test AF (2026-11-29, session 35): data no better than BC on these bytes, the default against bc_ppo (N = 20)
+phase --datasets simple-v0 --seeds $(seq 0 19) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
