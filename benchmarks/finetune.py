@@ -69,6 +69,12 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-gated_anchor_offline_critic_only_no_offline_value  that default with
                           offline_value_weight 0: after the warm-ups the critic learns from the
                           online rows alone, as bc_ppo's does (test Z)
+  hybrid-gated_anchor_offline_critic_only_offline_inert  that default with --bc_coeff 0 and
+                          offline_value_weight 0: after the warm-ups the offline rows are only
+                          zeros in the actor's surrogate mean (test AG)
+  hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean  that, with
+                          policy_gradient_mean online: the offline rows do nothing after the
+                          warm-ups (test AG)
   hybrid-log_std_shift    --log_std_subtract 1e-6: the exploration noise smaller by one part in a
                           million, the random stream untouched; against `hybrid`, what the
                           smallest change to the parameters does to a run (test Q)
@@ -250,6 +256,14 @@ VARIANTS: dict[str, dict] = {
     # warm-ups: are they (late in a run, V-trace targets near the critic's own values) the lag?
     "hybrid-gated_anchor_offline_critic_only_no_offline_value": {
         "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}},
+    # test AG (session 35): after the warm-up the offline rows without the BC term or the value
+    # loss (only zeros in the actor's surrogate mean), and with those zeros out too (bc_ppo up
+    # to the random stream): which part of the default costs its lag on simple-v0?
+    "hybrid-gated_anchor_offline_critic_only_offline_inert": {
+        "flags": ["--bc_coeff", "0"], "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}},
+    "hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean": {
+        "flags": ["--bc_coeff", "0"], "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0,
+                                                  "policy_gradient_mean": "online"}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
     "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
