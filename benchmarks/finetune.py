@@ -75,6 +75,8 @@ so they differ from `hybrid-signed_offline` in one thing):
   hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean  that, with
                           policy_gradient_mean online: the offline rows do nothing after the
                           warm-ups (test AG)
+  bc_ppo-log_std_shift    bc_ppo with --log_std_subtract 1e-6: another random path, nothing
+                          else changed (test AH)
   hybrid-log_std_shift    --log_std_subtract 1e-6: the exploration noise smaller by one part in a
                           million, the random stream untouched; against `hybrid`, what the
                           smallest change to the parameters does to a run (test Q)
@@ -266,6 +268,9 @@ VARIANTS: dict[str, dict] = {
                                                   "policy_gradient_mean": "online"}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
     "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
+    # test AH (session 35): bc_ppo on another random path, nothing else changed: were the 20
+    # bc_ppo runs the simple-v0 lag is measured against lucky?
+    "bc_ppo-log_std_shift": {"flags": ["--mix_ratio", "0", "--log_std_subtract", "1e-6"]},
     "hybrid-start_anchor_uni_o4_average": {"hparams": {**START_ANCHOR, **UNI_O4_STEPS,
                                                        "grad_clip": "separate",
                                                        "policy_average_steps": 10000}},
