@@ -181,6 +181,9 @@ phase --datasets medium-v0 --seeds $(seq 25 49) --variants hybrid-gated_anchor_o
 phase --datasets expert-v0 --seeds $(seq 20 29) --variants hybrid-gated_anchor_offline_critic_only hybrid
 # test AF (2026-11-29, session 35): data no better than BC on these bytes, the default against bc_ppo (N = 20)
 phase --datasets simple-v0 --seeds $(seq 0 19) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
+# tests AG and AH (same session): the lag's parts; bc_ppo on another random path
+phase --datasets simple-v0 --seeds $(seq 0 19) --variants hybrid-gated_anchor_offline_critic_only_offline_inert hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean
+phase --datasets simple-v0 --seeds $(seq 0 19) --variants bc_ppo-log_std_shift
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
