@@ -45,6 +45,7 @@ from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_
                         visited_states)
 from critic_thread import ppo_value_loss
 from hparams import HybridConfig
+from hybrid_ppo import HybridPPO
 from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
 from offline_batch import normalise_per_source
 from policy_anchor import gain_gate
@@ -539,6 +540,49 @@ class FineTuningMechanismsTest(IsolatedTestCase):
             self.assertTrue(torch.equal(v, runs[0.0, 0.0].policy.state_dict()[k]), k)
         self.assertFalse(torch.equal(runs[0.5, 1.0].policy.value_net.weight,
                                      runs[0.5, 0.0].policy.value_net.weight))
+
+    def _one_update(self, mix: float, train: bool = True, **kwargs) -> HybridPPO:
+        """One train() on the same filled rollout, whole batch as one minibatch (a minibatch
+        that grows with the offline share, so also one for mix 0.5)."""
+        model = make_hybrid(n_steps=64, batch_size=64, n_epochs=3, seed=2,
+                            offline_data=stochastic_data(), segment_length=16, mix_ratio=mix,
+                            policy_kwargs=tiny_policy_kwargs(), **kwargs)
+        rng = np.random.default_rng(3)
+        buf = model.rollout_buffer
+        buf.observations[...] = rng.standard_normal(buf.observations.shape)
+        buf.actions[...] = rng.uniform(-1, 1, buf.actions.shape)
+        with torch.no_grad():  # pi_old and V of the policy itself, as a real rollout has them
+            values, log_probs, _ = model.policy.evaluate_actions(
+                torch.as_tensor(buf.observations.reshape(64, -1)),
+                torch.as_tensor(buf.actions.reshape(64, -1)))
+        buf.values[...], buf.log_probs[...] = values.numpy(), log_probs.numpy().reshape(64, 1)
+        buf.advantages[...] = rng.standard_normal(buf.advantages.shape)
+        buf.returns[...] = buf.advantages + buf.values
+        buf.full = True
+        model.set_logger(configure(str(self.work / f"one_{mix}_{len(kwargs)}"), ["csv"]))
+        if train:
+            model.train()
+        return model
+
+    def test_inert_offline_rows_leave_the_update_plain_ppos(self):
+        # offline rows out of the policy gradient, averaged out of it, out of the value loss,
+        # no BC term: the update is PPO's on the online rows (what test AG/AI's variant assumes)
+        inert = dict(offline_advantages="none", policy_gradient_mean="online",
+                     offline_value_weight=0.0, bc_coeff=0.0)
+        plain, hybrid = self._one_update(0.0, **inert), self._one_update(0.5, **inert)
+        self.assertGreater(len(hybrid.offline.data.actions), 0)
+        start = self._one_update(0.0, train=False, **inert)  # the policy before the update
+        moved = False
+        for k, v in plain.policy.state_dict().items():
+            torch.testing.assert_close(hybrid.policy.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+            moved |= not torch.allclose(start.policy.state_dict()[k], v)
+        self.assertTrue(moved)
+        for active in (dict(offline_value_weight=1.0), dict(bc_coeff=0.5),
+                       dict(policy_gradient_mean="batch")):  # each one makes it differ
+            other = self._one_update(0.5, **{**inert, **active})
+            self.assertFalse(all(torch.allclose(other.policy.state_dict()[k], v, rtol=1e-5,
+                                                atol=1e-6)
+                                 for k, v in plain.policy.state_dict().items()), active)
 
     def test_offline_policy_updates_move_the_actor_before_any_env_step(self):
         # Critic-only for every online update: only the offline updates can move the actor.
