@@ -6,7 +6,8 @@
   reaches ~0; bc_decay shrinks the BC weight; offline advantage centring modes differ as
   documented; positive-only offline advantages never push the actor away from the data;
   offline samples with offline_advantages "none" train the critic only, and at
-  offline_value_weight 0 not even that; offline policy updates
+  offline_value_weight 0 not even that, and with no BC term and the surrogate averaged over
+  the online rows they leave an update equal to plain PPO's; offline policy updates
   move the actor before the first env step; the mean-action anchor keeps the actor near its
   start with a decaying weight, on the update's states or on fixed ones (the states the
   start policy visits, which evaluate_policy's callback collects); and a reverted
