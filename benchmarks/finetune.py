@@ -74,7 +74,7 @@ so they differ from `hybrid-signed_offline` in one thing):
                           zeros in the actor's surrogate mean (test AG)
   hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean  that, with
                           policy_gradient_mean online: the offline rows do nothing after the
-                          warm-ups (test AG)
+                          warm-ups, PPO-from-BC in distribution (tests AG, AI)
   bc_ppo-log_std_shift    bc_ppo with --log_std_subtract 1e-6: another random path, nothing
                           else changed (test AH)
   hybrid-log_std_shift    --log_std_subtract 1e-6: the exploration noise smaller by one part in a
@@ -260,7 +260,8 @@ VARIANTS: dict[str, dict] = {
         "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}},
     # test AG (session 35): after the warm-up the offline rows without the BC term or the value
     # loss (only zeros in the actor's surrogate mean), and with those zeros out too (bc_ppo up
-    # to the random stream): which part of the default costs its lag on simple-v0?
+    # to the random stream): which part of the default costs its lag on simple-v0? (test AI,
+    # session 36: on 20 more seeds no lag; the fully inert variant is bc_ppo in distribution)
     "hybrid-gated_anchor_offline_critic_only_offline_inert": {
         "flags": ["--bc_coeff", "0"], "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}},
     "hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean": {
