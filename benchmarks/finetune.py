@@ -260,8 +260,9 @@ VARIANTS: dict[str, dict] = {
         "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}},
     # test AG (session 35): after the warm-up the offline rows without the BC term or the value
     # loss (only zeros in the actor's surrogate mean), and with those zeros out too (bc_ppo up
-    # to the random stream): which part of the default costs its lag on simple-v0? (test AI,
-    # session 36: on 20 more seeds no lag; the fully inert variant is bc_ppo in distribution)
+    # to the random stream): which part of the default costs its lag on simple-v0? (tests AI, AJ,
+    # session 36: the fully inert variant is bc_ppo in distribution and level with it over 40
+    # seeds; the default's lag over 100 seeds is ~3, not resolved)
     "hybrid-gated_anchor_offline_critic_only_offline_inert": {
         "flags": ["--bc_coeff", "0"], "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}},
     "hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean": {
