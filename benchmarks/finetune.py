@@ -181,6 +181,8 @@ START_ANCHOR = {**ANCHOR, "anchor_coeff": 10.0, "anchor_episodes": 10}
 GATED_ANCHOR = {**START_ANCHOR, "anchor_gate": "bc_gain"}
 # the walker2d default since test W: that anchor, offline samples out of the policy gradient
 GATED_CRITIC_ONLY = {**GATED_ANCHOR, "offline_advantages": "none"}
+# that default with the offline rows out of the value loss (test AG's variants add --bc_coeff 0)
+OFFLINE_INERT = {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}
 # Uni-O4's step sizes for walker2d-medium (ppo_finetune/scripts/mujoco_loco/wm.sh: actor 3e-5,
 # critic 2e-4; clip 0.05 its default)
 UNI_O4_STEPS = {"learning_rate": 3e-5, "critic_learning_rate": 2e-4, "clip_range": 0.05}
@@ -264,10 +266,9 @@ VARIANTS: dict[str, dict] = {
     # session 36: the fully inert variant is bc_ppo in distribution and level with it over 40
     # seeds; the default's lag over 100 seeds is ~3, not resolved)
     "hybrid-gated_anchor_offline_critic_only_offline_inert": {
-        "flags": ["--bc_coeff", "0"], "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0}},
+        "flags": ["--bc_coeff", "0"], "hparams": OFFLINE_INERT},
     "hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean": {
-        "flags": ["--bc_coeff", "0"], "hparams": {**GATED_CRITIC_ONLY, "offline_value_weight": 0.0,
-                                                  "policy_gradient_mean": "online"}},
+        "flags": ["--bc_coeff", "0"], "hparams": {**OFFLINE_INERT, "policy_gradient_mean": "online"}},
     # test Q (session 26): the same question with the random stream kept and the noise moved by 1e-6
     "hybrid-log_std_shift": {"flags": ["--log_std_subtract", "1e-6"]},
     # test AH (session 35): bc_ppo on another random path, nothing else changed: were the 20
