@@ -20,6 +20,14 @@ appended to the results file as it finishes; a rerun skips seeds already there.
 
   python benchmarks/eval_noise.py --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14
   python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)   # -> eval_noise_medium-v1.md
+
+`--window all` asks the same of expert data's rule, which covers every evaluation of the run
+(no evaluation below 90% of BC): the 20 evaluations after the critic-only phase instead of 4.
+Besides the null model it counts directly how many seeds an unchanged policy would fail on:
+each run of `moved` consecutive blocks stands for one run's evaluations.
+
+  python benchmarks/eval_noise.py --dataset expert-v0 --window all --blocks 40 \
+      --variant hybrid-gated_anchor_offline_critic_only --seeds $(seq 0 29)   # -> eval_noise_expert-v0.md
 """
 
 from __future__ import annotations
@@ -42,8 +50,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "finetune"  # finetune.py's default --runs_dir
 NOISE_SEED_OFFSET = 30_000  # blocks of seed s start at 30,000 + 1,000 s: no benchmark uses them
 BLOCK = 10  # episodes per periodic evaluation (the hparam entry's eval_episodes)
-MOVED_EVALS = 4  # evaluations at 20k-50k steps; the 10k one falls in the critic-only phase
 EARLY_STEPS = 50_000
+# The evaluations a rule looks at (timesteps > 0, up to the window's end); the first of them, at
+# 10k steps, falls in the critic-only phase and scores the unchanged BC policy: not "moved".
+WINDOWS = {"early": EARLY_STEPS, "all": float("inf")}
+RULES = {"early": "early-dip rule", "all": "90% rule over the whole run"}
 ENV_ID = "Walker2d-v4"
 
 
@@ -58,7 +69,14 @@ def recorded_runs(finetune: Path, dataset: str, variant: str) -> dict[int, dict]
     return runs
 
 
-def measure(seed: int, record: dict, runs_dir: Path, blocks: int) -> dict:
+def moved_evals(record: dict, window: str) -> int:
+    """How many of the run's evaluations in `window` scored a policy fine-tuning had changed
+    (early: 4, at 20k-50k steps; all: 20, up to the final one)."""
+    return sum(0 < e["timesteps"] <= WINDOWS[window] for e in record["curve"]
+               if not e.get("note")) - 1
+
+
+def measure(seed: int, record: dict, runs_dir: Path, blocks: int, window: str) -> dict:
     from stable_baselines3 import PPO
 
     ref = record["dataset_info"]["ref_scores"]
@@ -75,12 +93,22 @@ def measure(seed: int, record: dict, runs_dir: Path, blocks: int) -> dict:
     scores = [e["normalized_score"] for e in evals]
     bc = step0["normalized_score"]
     below = float(np.mean([s < 0.9 * bc for s in scores]))
-    return {"dataset": record["dataset"], "seed": seed, "step0_score": bc,
+    moved = moved_evals(record, window)
+    return {"window": window, "moved_evals": moved, "dataset": record["dataset"], "seed": seed, "step0_score": bc,
             "step0_reproduced": again["normalized_score"], "block_episodes": BLOCK,
             "block_seeds": [start, start + blocks * BLOCK - 1], "block_scores": scores,
             "mean_ep_length": float(np.mean([e["mean_ep_length"] for e in evals])),
             "share_below_90pct": below,
-            "p_miss_null": 1 - (1 - below) ** MOVED_EVALS}
+            "p_miss_null": 1 - (1 - below) ** moved}
+
+
+def direct_misses(rows: list[dict]) -> list[int]:
+    """Seeds an unchanged policy fails on when each run of `moved_evals` consecutive blocks
+    stands for one run's evaluations: one count per such run of blocks."""
+    moved = rows[0].get("moved_evals", 4)
+    runs = len(rows[0]["block_scores"]) // moved
+    return [sum(min(r["block_scores"][k * moved:(k + 1) * moved]) < 0.9 * r["step0_score"]
+                for r in rows) for k in range(runs)]
 
 
 def summary(rows: list[dict]) -> str:
@@ -98,14 +126,19 @@ def summary(rows: list[dict]) -> str:
     lines.append(f"{len(rows)} seeds, {len(rows[0]['block_scores'])} blocks each: a 10-episode "
                  f"evaluation's sd is {np.median(sds):.1f} points (median over seeds, range "
                  f"{sds.min():.1f}-{sds.max():.1f}). Under the null, expected seeds missing the "
-                 f"early-dip rule: {p.sum():.1f} of {len(rows)}; P(no seed misses) = "
+                 f"{RULES[rows[0].get('window', 'early')]} ({rows[0].get('moved_evals', 4)} "
+                 f"evaluations): {p.sum():.1f} of {len(rows)}; P(no seed misses) = "
                  f"{np.prod(1 - p):.2f}.")
+    counts = direct_misses(rows)
+    if counts:
+        lines.append(f"Counted directly, each {rows[0].get('moved_evals', 4)} consecutive blocks "
+                     f"standing for one run: {', '.join(map(str, counts))} seeds of {len(rows)} miss.")
     return "\n".join(lines)
 
 
-def beyond_noise(rows: list[dict], finetune: Path, dataset: str) -> str:
-    """Per fine-tuned variant: the seeds that miss the early-dip rule, each with how far its
-    worst early evaluation lies below its unchanged BC policy's other blocks, in block sds
+def beyond_noise(rows: list[dict], finetune: Path, dataset: str, window: str) -> str:
+    """Per fine-tuned variant: the seeds that miss the rule of `window`, each with how far its
+    worst evaluation in the window lies below its unchanged BC policy's other blocks, in block sds
     (z; beyond -3 the BC policy's own spread does not explain the drop). Only runs that
     started from the same BC policy (the same step-0 score) are counted."""
     noise = {r["seed"]: r for r in rows}
@@ -118,7 +151,7 @@ def beyond_noise(rows: list[dict], finetune: Path, dataset: str) -> str:
         n = noise.get(r["seed"])
         if n is None or abs(curve[0]["normalized_score"] - n["step0_score"]) > 1e-6:
             continue
-        early = min(e["normalized_score"] for e in curve if 0 < e["timesteps"] <= EARLY_STEPS)
+        early = min(e["normalized_score"] for e in curve if 0 < e["timesteps"] <= WINDOWS[window])
         by_variant.setdefault(r["variant"], {})[r["seed"]] = early
     lines = ["| variant | seeds | miss the rule: seed (z) | misses with z < -3 |", "|---|---|---|---|"]
     for variant, early in sorted(by_variant.items()):
@@ -138,6 +171,8 @@ def main() -> None:
     p.add_argument("--variant", default="hybrid", help="whose recorded BC checkpoints to use")
     p.add_argument("--seeds", type=int, nargs="+", required=True)
     p.add_argument("--blocks", type=int, default=16, help="10-episode blocks per seed")
+    p.add_argument("--window", choices=list(WINDOWS), default="early",
+                   help="early: the medium goal's first 50k steps; all: expert's whole run")
     p.add_argument("--runs_dir", type=Path, default=RUNS, help="finetune.py's --runs_dir")
     p.add_argument("--finetune_results", type=Path, default=RESULTS / "finetune.jsonl")
     p.add_argument("--results", type=Path, default=RESULTS / "eval_noise.jsonl")
@@ -157,14 +192,14 @@ def main() -> None:
         if seed not in runs:
             raise SystemExit(f"no {args.variant} run of {args.dataset} seed {seed} in "
                              f"{args.finetune_results}")
-        row = measure(seed, runs[seed], args.runs_dir, args.blocks)
+        row = measure(seed, runs[seed], args.runs_dir, args.blocks, args.window)
         with open(args.results, "a") as fh:  # one line per seed: a crash keeps finished seeds
             fh.write(json.dumps(row) + "\n")
         done[seed] = row
         print(f"seed {seed}: step-0 {row['step0_score']:.1f}, share of blocks < 90% "
               f"{row['share_below_90pct']:.2f}", flush=True)
     rows = [done[s] for s in args.seeds]
-    table = summary(rows) + "\n\n" + beyond_noise(rows, args.finetune_results, args.dataset)
+    table = summary(rows) + "\n\n" + beyond_noise(rows, args.finetune_results, args.dataset, args.window)
     # medium-v0's table keeps the name it was first published under; other data get their own
     md = (args.results.with_suffix(".md") if args.dataset == "medium-v0"
           else args.results.with_name(f"{args.results.stem}_{args.dataset}.md"))
