@@ -191,5 +191,8 @@ phase --datasets simple-v0 --seeds $(seq 40 59) --variants hybrid-gated_anchor_o
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
+# test AL (2026-11-29, session 37): expert's whole-run 90% rule on unchanged BC policies
+python benchmarks/eval_noise.py --dataset expert-v0 --window all --blocks 40 \
+    --variant hybrid-gated_anchor_offline_critic_only --seeds $(seq 0 29)
 python benchmarks/analyze_finetune.py
 python benchmarks/late_falls.py
