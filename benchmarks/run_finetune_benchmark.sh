@@ -188,6 +188,8 @@ phase --datasets simple-v0 --seeds $(seq 0 19) --variants bc_ppo-log_std_shift
 phase --datasets simple-v0 --seeds $(seq 20 39) --variants hybrid-gated_anchor_offline_critic_only bc_ppo hybrid-gated_anchor_offline_critic_only_offline_inert_online_mean
 # test AJ (same session): 20 more seeds of the default against bc_ppo (the 100-pair pool)
 phase --datasets simple-v0 --seeds $(seq 40 59) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
+# test AK (2026-11-29, session 37): 50 new seeds of the same pair, the lag's independent replication
+phase --datasets simple-v0 --seeds $(seq 60 109) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
