@@ -94,7 +94,8 @@ def measure(seed: int, record: dict, runs_dir: Path, blocks: int, window: str) -
     bc = step0["normalized_score"]
     below = float(np.mean([s < 0.9 * bc for s in scores]))
     moved = moved_evals(record, window)
-    return {"window": window, "moved_evals": moved, "dataset": record["dataset"], "seed": seed, "step0_score": bc,
+    return {"dataset": record["dataset"], "seed": seed, "window": window, "moved_evals": moved,
+            "step0_score": bc,
             "step0_reproduced": again["normalized_score"], "block_episodes": BLOCK,
             "block_seeds": [start, start + blocks * BLOCK - 1], "block_scores": scores,
             "mean_ep_length": float(np.mean([e["mean_ep_length"] for e in evals])),
@@ -184,7 +185,8 @@ def main() -> None:
     if args.results.exists():
         for line in args.results.read_text().splitlines():
             r = json.loads(line)
-            if r["dataset"] == args.dataset:
+            # rows from before --window existed are the early rule's
+            if r["dataset"] == args.dataset and r.get("window", "early") == args.window:
                 done[r["seed"]] = r
     for seed in args.seeds:
         if seed in done:
