@@ -69,11 +69,21 @@ def recorded_runs(finetune: Path, dataset: str, variant: str) -> dict[int, dict]
     return runs
 
 
+def evaluations(record: dict) -> list[dict]:
+    """The run's periodic evaluations, without the entries a mechanism noted beside them."""
+    return [e for e in record["curve"] if not e.get("note")]
+
+
 def moved_evals(record: dict, window: str) -> int:
     """How many of the run's evaluations in `window` scored a policy fine-tuning had changed
     (early: 4, at 20k-50k steps; all: 20, up to the final one)."""
-    return sum(0 < e["timesteps"] <= WINDOWS[window] for e in record["curve"]
-               if not e.get("note")) - 1
+    return sum(0 < e["timesteps"] <= WINDOWS[window] for e in evaluations(record)) - 1
+
+
+def rule_of(row: dict) -> tuple[str, int]:
+    """A measured row's window and moved evaluations; rows from before --window existed are
+    the early rule's, whose 4 evaluations they used."""
+    return row.get("window", "early"), row.get("moved_evals", 4)
 
 
 def measure(seed: int, record: dict, runs_dir: Path, blocks: int, window: str) -> dict:
@@ -106,7 +116,7 @@ def measure(seed: int, record: dict, runs_dir: Path, blocks: int, window: str) -
 def direct_misses(rows: list[dict]) -> list[int]:
     """Seeds an unchanged policy fails on when each run of `moved_evals` consecutive blocks
     stands for one run's evaluations: one count per such run of blocks."""
-    moved = rows[0].get("moved_evals", 4)
+    moved = rule_of(rows[0])[1]
     runs = len(rows[0]["block_scores"]) // moved
     return [sum(min(r["block_scores"][k * moved:(k + 1) * moved]) < 0.9 * r["step0_score"]
                 for r in rows) for k in range(runs)]
@@ -121,18 +131,19 @@ def summary(rows: list[dict]) -> str:
         lines.append(f"| {r['seed']} | {r['step0_score']:.1f} | {s.mean():.1f} ({s.std(ddof=1):.1f}) "
                      f"[{s.min():.1f}, {s.max():.1f}] | {r['share_below_90pct']:.2f} | "
                      f"{r['p_miss_null']:.2f} |")
+    window, moved = rule_of(rows[0])
     p = np.array([r["p_miss_null"] for r in rows])
     sds = np.array([np.std(r["block_scores"], ddof=1) for r in rows])
     lines.append("")
     lines.append(f"{len(rows)} seeds, {len(rows[0]['block_scores'])} blocks each: a 10-episode "
                  f"evaluation's sd is {np.median(sds):.1f} points (median over seeds, range "
                  f"{sds.min():.1f}-{sds.max():.1f}). Under the null, expected seeds missing the "
-                 f"{RULES[rows[0].get('window', 'early')]} ({rows[0].get('moved_evals', 4)} "
+                 f"{RULES[window]} ({moved} "
                  f"evaluations): {p.sum():.1f} of {len(rows)}; P(no seed misses) = "
                  f"{np.prod(1 - p):.2f}.")
     counts = direct_misses(rows)
     if counts:
-        lines.append(f"Counted directly, each {rows[0].get('moved_evals', 4)} consecutive blocks "
+        lines.append(f"Counted directly, each {moved} consecutive blocks "
                      f"standing for one run: {', '.join(map(str, counts))} seeds of {len(rows)} miss.")
     return "\n".join(lines)
 
@@ -148,21 +159,21 @@ def beyond_noise(rows: list[dict], finetune: Path, dataset: str, window: str) ->
         r = json.loads(line)
         if r.get("env", "walker2d") != "walker2d" or r["dataset"] != dataset:
             continue
-        curve = [e for e in r["curve"] if not e.get("note")]
+        curve = evaluations(r)
         n = noise.get(r["seed"])
         if n is None or abs(curve[0]["normalized_score"] - n["step0_score"]) > 1e-6:
             continue
-        early = min(e["normalized_score"] for e in curve if 0 < e["timesteps"] <= WINDOWS[window])
-        by_variant.setdefault(r["variant"], {})[r["seed"]] = early
+        worst = min(e["normalized_score"] for e in curve if 0 < e["timesteps"] <= WINDOWS[window])
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = worst
     lines = ["| variant | seeds | miss the rule: seed (z) | misses with z < -3 |", "|---|---|---|---|"]
-    for variant, early in sorted(by_variant.items()):
+    for variant, worst_of in sorted(by_variant.items()):
         z = {}
-        for seed, worst in sorted(early.items()):
+        for seed, worst in sorted(worst_of.items()):
             if worst < 0.9 * noise[seed]["step0_score"]:
                 blocks = np.array(noise[seed]["block_scores"])
                 z[seed] = (worst - blocks.mean()) / blocks.std(ddof=1)
         listed = ", ".join(f"{s} ({v:.1f})" for s, v in z.items()) or "none"
-        lines.append(f"| {variant} | {len(early)} | {listed} | {sum(v < -3 for v in z.values())} |")
+        lines.append(f"| {variant} | {len(worst_of)} | {listed} | {sum(v < -3 for v in z.values())} |")
     return "\n".join(lines)
 
 
@@ -185,8 +196,7 @@ def main() -> None:
     if args.results.exists():
         for line in args.results.read_text().splitlines():
             r = json.loads(line)
-            # rows from before --window existed are the early rule's
-            if r["dataset"] == args.dataset and r.get("window", "early") == args.window:
+            if r["dataset"] == args.dataset and rule_of(r)[0] == args.window:
                 done[r["seed"]] = r
     for seed in args.seeds:
         if seed in done:

@@ -3,19 +3,13 @@ count of misses, and that the committed tables come from the committed measureme
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import unittest
 
-from testing_utils import REPO_ROOT
+from testing_utils import REPO_ROOT, load_benchmark
 
-SCRIPT = REPO_ROOT / "benchmarks" / "eval_noise.py"
 RESULTS = REPO_ROOT / "benchmarks" / "results"
-sys.path.append(str(SCRIPT.parent))  # the script imports confirmation.py from beside it
-_spec = importlib.util.spec_from_file_location("eval_noise_benchmark", SCRIPT)
-eval_noise = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eval_noise)
+eval_noise = load_benchmark("eval_noise")
 
 
 def _record(final_step: int = 200_704) -> dict:

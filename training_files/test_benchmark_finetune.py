@@ -3,7 +3,6 @@ worker makes and what it commits. Its runs themselves are the pipeline's (tested
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,13 +11,11 @@ import unittest
 from pathlib import Path
 
 from hparams import load_hparams
-from testing_utils import REPO_ROOT
+from testing_utils import REPO_ROOT, load_benchmark
 from train_hybrid_pipeline import build_parser
 
 SCRIPT = REPO_ROOT / "benchmarks" / "finetune.py"
-_spec = importlib.util.spec_from_file_location("finetune_benchmark", SCRIPT)
-finetune = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(finetune)
+finetune = load_benchmark("finetune")
 
 
 class WorkerShareTest(unittest.TestCase):

@@ -7,6 +7,7 @@ repository's run outputs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -30,6 +31,18 @@ warnings.filterwarnings("ignore", message=".*is out of date.*")
 # synchronisation, and on a 2-core machine with another busy core each backward pass was seen
 # ~50x slower. (Subprocesses started by the tests keep torch's default.)
 torch.set_num_threads(1)
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module, for tests of its parts. The scripts import their
+    siblings (confirmation.py) from beside them, as `python benchmarks/x.py` lets them."""
+    script = REPO_ROOT / "benchmarks" / f"{name}.py"
+    if str(script.parent) not in sys.path:
+        sys.path.append(str(script.parent))
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class IsolatedTestCase(unittest.TestCase):
