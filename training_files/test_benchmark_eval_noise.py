@@ -58,6 +58,9 @@ class CommittedTablesTest(unittest.TestCase):
     def test_medium_v0(self):
         self._summary_of("medium-v0", "eval_noise.md")
 
+    def test_medium_v1(self):
+        self._summary_of("medium-v1", "eval_noise_medium-v1.md")
+
     def test_expert_v0_whole_run(self):
         self._summary_of("expert-v0", "eval_noise_expert-v0.md")
 
