@@ -10,13 +10,15 @@ results file. A run on other bytes of a dataset than the file's runs of it (the 
 generated on another CPU) stops the script instead of joining them. `analyze_finetune.py`
 turns the lines into tables and plots (rliable).
 
-Variants (each differs from `hybrid`, QUICKSTART's defaults on the hparam entry, in one thing;
-the ablations measured before positive offline advantages became the default keep signed ones,
-so they differ from `hybrid-signed_offline` in one thing):
+Variants (each differs from `hybrid`, the walker2d entry as it was before 2026-11-28, in one
+thing; the ablations measured before positive offline advantages became that entry's setting
+keep signed ones, so they differ from `hybrid-signed_offline` in one thing). Today's walker2d
+default, hparam.yml's `Walker2d-v4-hybrid` as it is, is `hybrid-gated_anchor_offline_critic_only`:
   bc_ppo                  --mix_ratio 0: PPO started from BC (same warm-ups and schedules)
-  hybrid                  QUICKSTART defaults (offline_advantages positive: offline samples
+  hybrid                  the former default (offline_advantages positive: offline samples
                           enter the policy gradient only where their V-trace advantage is > 0;
-                          on ant and humanoid signed, their entries' setting until test AC)
+                          no anchor; on ant and humanoid signed, their entries' setting until
+                          test AC)
   hybrid-signed_offline   offline_advantages signed, as online (the default until this
                           benchmark showed otherwise)
   hybrid-offline_improvement  offline_policy_updates 20: 20 updates on offline samples alone

@@ -168,7 +168,8 @@ class HybridConfig(EnvConfig):
     deterministic_restarts: float = Field(0.0, ge=0, le=1)
     """Fraction of training episodes that start where the current deterministic policy (the
     one evaluated) has walked for a random number of steps (policy_restarts.py); the prefix is
-    not trained on and its env steps are reported apart. Needs vec_env dummy. 0: off."""
+    not trained on and its env steps are reported apart. Needs vec_env dummy (checked when
+    the entry loads). 0: off."""
     rollback_drop: float = Field(0.0, ge=0, lt=1)
     """When a periodic evaluation's mean return falls more than this fraction of |best so far|
     below the best, training goes on from the best evaluation's policy and optimizer state
@@ -189,6 +190,15 @@ class HybridConfig(EnvConfig):
         if self.rollback_drop > 0 and self.policy_average_steps > 0:
             raise ValueError("rollback_drop needs policy_average_steps 0: the evaluated policy "
                              "(the average) is not the one training would go back to")
+        return self
+
+    @model_validator(mode="after")
+    def _restarts_run_in_this_process(self) -> HybridConfig:
+        # split with one env steps it here too (hybrid_training.make_train_env)
+        in_process = self.vec_env == "dummy" or (self.vec_env == "split" and self.n_envs < 2)
+        if self.deterministic_restarts > 0 and not in_process:
+            raise ValueError(f"deterministic_restarts needs vec_env dummy (got {self.vec_env}): "
+                             "its envs call the policy being trained, which lives in this process")
         return self
 
     @model_validator(mode="after")

@@ -102,10 +102,7 @@ def make_train_env(cfg, seed: int, device: str):
     """cfg.n_envs copies of the env: in this process, one process each, or split between this
     process and one worker (split_vec_env.py; one env: in this process)."""
     wrapper = float32_observations if device == "mps" else None
-    if cfg.deterministic_restarts > 0:
-        if cfg.vec_env != "dummy":
-            raise PipelineError("deterministic_restarts needs vec_env dummy: its envs call the "
-                                "policy being trained, which lives in this process")
+    if cfg.deterministic_restarts > 0:  # in this process only (HybridConfig checks vec_env)
         wrapper = restart_wrapper(cfg.deterministic_restarts, wrapper)
     kind = "dummy" if cfg.vec_env == "split" and cfg.n_envs < 2 else cfg.vec_env  # nothing to split
     return make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed, env_kwargs=cfg.env_kwargs,

@@ -151,6 +151,9 @@ CASES = [
         hparams=hparam_edit("    activation: tanh\n", "    activation: tanh\n    log_std_init: .nan\n", 2)),
     Bad("malformed YAML", lambda a: a, "Malformed YAML",
         hparams=lambda t: t + "broken: [1, 2\n"),
+    Bad("restarts in subprocess envs", add("--vec_env", "subproc"),
+        "deterministic_restarts needs vec_env dummy (got subproc)",
+        hparams=hparam_edit("  deterministic_restarts: 0.0\n", "  deterministic_restarts: 0.5\n")),
     Bad("BC and hybrid envs differ", lambda a: a, "must match",
         hparams=lambda t: t.replace("env_id: Walker2d-v4", "env_id: Hopper-v4", 1)),
     # found after the device is chosen

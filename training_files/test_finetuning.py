@@ -41,7 +41,6 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from errors import PipelineError
 from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_OFFSET,
                         visited_states)
 from critic_thread import ppo_value_loss
@@ -810,12 +809,17 @@ class DeterministicRestartsTest(IsolatedTestCase):
         self.assertEqual(counts, again)
         self.assertTrue(params_equal(first, second))
 
-    def test_subproc_envs_are_refused_in_one_line(self):
-        cfg = HybridConfig(env_id=ENV_ID, policy={"net_arch": {"pi": [16], "vf": [16]}},
-                           total_timesteps=64, n_envs=2, vec_env="subproc",
-                           deterministic_restarts=0.5)
-        with self.assertRaisesRegex(PipelineError, "deterministic_restarts needs vec_env dummy"):
-            make_train_env(cfg, 0, "cpu")
+    def test_envs_in_other_processes_are_refused_with_the_entry(self):
+        """Refused where the entry loads, before any data or BC work (test_bad_inputs: the
+        command's one line); split with one env steps it in this process, so it is allowed."""
+        entry = dict(env_id=ENV_ID, policy={"net_arch": {"pi": [16], "vf": [16]}},
+                     total_timesteps=64, deterministic_restarts=0.5)
+        for vec_env, n_envs in (("subproc", 2), ("subproc", 1), ("split", 2)):
+            with self.subTest(vec_env=vec_env, n_envs=n_envs), \
+                    self.assertRaisesRegex(ValueError, "deterministic_restarts needs vec_env dummy"):
+                HybridConfig(**entry, n_envs=n_envs, vec_env=vec_env)
+        for vec_env, n_envs in (("dummy", 2), ("split", 1)):
+            HybridConfig(**entry, n_envs=n_envs, vec_env=vec_env)
 
 
 class PolicyRollbackTest(IsolatedTestCase):
