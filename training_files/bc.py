@@ -148,10 +148,12 @@ def train_bc(data: OfflineData, cfg, settings: BCSettings, out_dir: Path, name: 
     set_random_seed(settings.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     train_ids, val_ids = split_episodes(data, cfg.val_fraction, settings.seed)
-    train, val = data.select_episodes(train_ids), data.select_episodes(val_ids)
-    if len(val) == 0:
-        val = train  # a one-episode dataset has nothing to hold out; say so in the log line
+    train = data.select_episodes(train_ids)
+    if len(val_ids) == 0:  # a one-episode dataset has nothing to hold out; say so in the log
+        val = train
         print("BC: dataset has a single episode, validation uses the training data")
+    else:
+        val = data.select_episodes(val_ids)
 
     env = gym.make(cfg.env_id, **cfg.env_kwargs)
     model = build_model(cfg, env, settings.device, settings.seed)

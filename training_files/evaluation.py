@@ -104,7 +104,8 @@ def visited_states(model, env_id: str, env_kwargs: dict, episodes: int, seed: in
 
 
 class PeriodicEval(BaseCallback):
-    """Every `eval_freq` env steps: eval/mean_reward and eval/normalized_score, plus a CSV row.
+    """Every `eval_freq` env steps: eval/mean_reward and eval/normalized_score, plus a CSV row;
+    and at the end of training, so the last evaluation is of the final model.
 
     SB3's EvalCallback dumps its logger before another key can join the same step, so the
     normalised score would land one rollout late; this one records both together. `on_eval`
@@ -164,5 +165,16 @@ class PeriodicEval(BaseCallback):
     def _on_step(self) -> bool:
         if self.model.num_timesteps >= self._next:
             self._next += self.eval_freq
-            self.run_eval()
+            if not self._last_step_of_run():
+                self.run_eval()
         return True
+
+    def _last_step_of_run(self) -> bool:
+        """The last env step of the last rollout: SB3's last update is still to come, so the
+        evaluation at training end, under the same step count, scores the model saved."""
+        rollout_ends = self.locals.get("n_steps") == self.locals.get("n_rollout_steps", 0) - 1
+        return rollout_ends and self.model.num_timesteps >= self.model._total_timesteps
+
+    def _on_training_end(self) -> None:
+        if not self.history or self.history[-1]["timesteps"] != self.model.num_timesteps:
+            self.run_eval()

@@ -203,6 +203,13 @@ class TestBCCheckpointFiles(BCTestCase):
                                    self.ckpt_dir, name)
         self.check_run_files(name, [3, 6], csv_path)
 
+    def test_a_single_episode_validates_on_its_training_data(self):
+        name = bc.run_name(["expert-v0"])
+        with quiet():
+            csv_path = bc.train_bc(synthetic_data(1, 30), self.cfg, settings(epochs=2),
+                                   self.ckpt_dir, name)
+        self.check_run_files(name, [1, 2], csv_path)
+
     def test_save_every_larger_than_epochs_saves_last(self):
         name = bc.run_name(["expert-v0", "medium-v0"])
         with quiet():

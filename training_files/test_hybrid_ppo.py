@@ -839,6 +839,31 @@ class TrainHybridEndToEndTest(IsolatedTestCase):
         off.env.close()
         self.assertIsNone(off.anchor_states)
 
+    def test_an_evaluation_due_on_the_last_step_scores_the_saved_model(self):
+        """256 steps in rollouts of 128 with eval_freq 128: the evaluation due at 256 falls on
+        the last env step, before SB3's last update; it waits for it, so the final evaluation
+        (a candidate for the model handed over) is of the model saved."""
+        from evaluation import SELECTION_SEED_OFFSET, EvalEnv
+        from hybrid_training import HybridSettings, train_hybrid
+
+        data = stochastic_data()
+        bc_cfg, cfg = load_hparams("Walker2d-v4-bc-large", "Walker2d-v4-hybrid",
+                                   write_hparam_file(self.tmp / "hparam.yml"))
+        cfg = cfg.model_copy(update={"critic_only_updates": 0, "learning_rate": 3e-3,
+                                     "lr_schedule": "constant"})  # linear: the last step is 0
+        settings = HybridSettings(
+            mix_ratio=0.5, rho_bar=1.0, c_bar=0.95, bc_coeff=0.01, warm_start_steps=10,
+            log_std_subtract=0.0, seed=0, device="cpu", total_timesteps=256,
+            save_file=self.work / "last", tb_dir=self.work / "tb" / "last")
+        result = train_hybrid(data, self._bc_checkpoint(data, bc_cfg), cfg, settings,
+                              progress=False)
+        self.assertEqual([e["timesteps"] for e in result.evaluations], [0, 128, 256])
+        env = EvalEnv(cfg.env_id, cfg.env_kwargs, cfg.eval_episodes, SELECTION_SEED_OFFSET)
+        saved = env.evaluate(PPO.load(result.save_file, device="cpu"), None)
+        env.close()
+        self.assertEqual(saved["mean_reward"], result.final_eval["mean_reward"])
+        self.assertNotEqual(result.evaluations[1]["mean_reward"], saved["mean_reward"])
+
     def test_an_anchor_without_completed_episodes_runs_as_no_anchor(self):
         """The start policy's episodes are rolled out before training and draw on no RNG the
         run uses: with none kept (the tiny BC policy falls in every one) the run is the run
