@@ -30,6 +30,13 @@ def raised_by_ctrl_c(exc: BaseException) -> bool:
     return False
 
 
+def error_line(exc: PipelineError) -> str:
+    """The one line a PipelineError prints: "ERROR: ..." (QUICKSTART's own messages, and the
+    pipeline's "Pipeline failed: ...", carry their prefix already)."""
+    message = str(exc)
+    return message if message.startswith(("ERROR:", "Pipeline failed:")) else f"ERROR: {message}"
+
+
 def exit_code(exc: BaseException, interrupted: str) -> int:
     """One line on stderr and the exit code for what ended a command's main: `interrupted`
     and 130 for Ctrl-C (chained or not), "ERROR: ..." and 1 for a PipelineError. Anything
@@ -38,6 +45,6 @@ def exit_code(exc: BaseException, interrupted: str) -> int:
         print(interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED
     if isinstance(exc, PipelineError):
-        print(f"ERROR: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return EXIT_ERROR
     raise exc

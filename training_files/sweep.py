@@ -39,6 +39,7 @@ TRAINING_FILES = Path(__file__).resolve().parent
 sys.path.insert(0, str(TRAINING_FILES))
 
 import train_hybrid_pipeline as pipeline  # noqa: E402
+from atomic_file import write_bytes_atomically  # noqa: E402
 from errors import PipelineError, exit_code  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 
@@ -133,15 +134,22 @@ def trial_argv(config: dict) -> list[str]:
             "--save_file", str(sweep_dir / "models" / f"{stem}.zip"), "--no_progress"]
 
 
-def trial_cpus(config: dict) -> int:
-    """CPUs one trial keeps busy: torch's threads, one process per env with subproc envs, or
-    two with split envs (this process and its worker)."""
+def trial_entry(config: dict):
+    """A trial's parsed command line and its hybrid entry, with the flags that override the
+    entry (--n_envs, --vec_env) applied as the pipeline applies them."""
     from hparams import DEFAULT_HPARAM_FILE, load_hparams
 
     args = pipeline.build_parser().parse_args(trial_argv(config))
     _, hybrid_cfg = load_hparams(args.hparam_bc, args.hparam_hybrid,
                                  args.hparam_file or DEFAULT_HPARAM_FILE,
                                  n_envs=args.n_envs, vec_env=args.vec_env)
+    return args, hybrid_cfg
+
+
+def trial_cpus(config: dict) -> int:
+    """CPUs one trial keeps busy: torch's threads, one process per env with subproc envs, or
+    two with split envs (this process and its worker)."""
+    args, hybrid_cfg = trial_entry(config)
     envs = {"subproc": hybrid_cfg.n_envs, "split": 2}.get(hybrid_cfg.vec_env, 1)
     return max(args.torch_threads, envs)
 
@@ -384,8 +392,9 @@ def write_summary(sweep_dir: Path, log_file: Path, sweep_id: str) -> str:
     entries = sweep_entries(log_file, sweep_id)
     md, js = summarise(entries)
     md = f"# Sweep {sweep_id}\n\n{len(entries)} trials in {log_file}.\n\n" + md
-    (sweep_dir / "summary.md").write_text(md)
-    (sweep_dir / "summary.json").write_text(json.dumps({"sweep_id": sweep_id, **js}, indent=1) + "\n")
+    write_bytes_atomically(sweep_dir / "summary.md", md.encode("utf-8"))
+    write_bytes_atomically(sweep_dir / "summary.json",
+                           (json.dumps({"sweep_id": sweep_id, **js}, indent=1) + "\n").encode("utf-8"))
     plot_curves(entries, sweep_dir / "curves.png")
     return md
 
@@ -413,8 +422,12 @@ def resumed_sweep(options, rest: list[str]) -> tuple[argparse.Namespace, list[st
                                  if getattr(options, k) != build_parser().get_default(k)]
     if given:
         raise PipelineError(f"--resume reruns the sweep's own command; drop {' '.join(given)}")
-    record = json.loads(record_file.read_text())
-    resumed, rest = build_parser().parse_known_args(record["argv"])
+    try:
+        record = json.loads(record_file.read_text())
+        argv = record["argv"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"--resume {options.resume}: {record_file} is unreadable ({exc})") from exc
+    resumed, rest = build_parser().parse_known_args(argv)
     resumed.address, resumed.num_cpus, resumed.resume = options.address, options.num_cpus, options.resume
     return resumed, rest, record
 
@@ -428,14 +441,9 @@ def trial_configs(options, grid: dict[str, list[str]], constants: dict) -> list[
 
 def check_trials(configs: list[dict]) -> int:
     """Every trial's flags and hparam entries, before Ray starts; returns the largest budget."""
-    from hparams import DEFAULT_HPARAM_FILE, load_hparams
-
     max_t = 0
     for config in configs:
-        args = pipeline.build_parser().parse_args(trial_argv(config))
-        trial_cpus(config)
-        _, hybrid_cfg = load_hparams(args.hparam_bc, args.hparam_hybrid,
-                                     args.hparam_file or DEFAULT_HPARAM_FILE)
+        args, hybrid_cfg = trial_entry(config)
         max_t = max(max_t, args.total_timesteps or hybrid_cfg.total_timesteps)
     return max_t
 
@@ -504,7 +512,8 @@ def run(argv: list[str]) -> int:
     check_dir("the sweep folder", sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not options.resume:
-        (sweep_dir / "sweep.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_bytes_atomically(sweep_dir / "sweep.json",
+                               (json.dumps(record, indent=1) + "\n").encode("utf-8"))
 
     import ray
 

@@ -107,6 +107,19 @@ class TrainReferencePolicyTest(IsolatedTestCase):
         self.assertEqual([line.split()[0] for line in proc.stdout.splitlines() if "steps:" in line],
                          ["64", "128", "192"])
 
+        # A run killed while SB3 wrote its newest checkpoint: the resume takes the one before,
+        # and --evaluate skips a checkpoint whose statistics were never written.
+        (out / "ppo_vecnormalize_192_steps.pkl").write_bytes(b"\x80\x04")
+        resumed = self.run_script(*common, *kwargs, "--timesteps", "256", "--resume")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-2000:])
+        self.assertIn("Skipping checkpoint ppo_192_steps.zip: it does not load", resumed.stdout)
+        self.assertIn(f"Resuming from {out / 'ppo_128_steps.zip'} at 128 steps", resumed.stdout)
+        self.assertEqual(PPO.load(out / "final.zip", device="cpu").num_timesteps, 256)
+        (out / "ppo_vecnormalize_64_steps.pkl").unlink()
+        proc = self.run_script("--evaluate", "1", "--out", str(out))
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertIn("64 steps: skipped, ppo_vecnormalize_64_steps.pkl is missing", proc.stdout)
+
     def test_bad_env_kwargs_are_one_line(self):
         proc = self.run_script("--env_id", "Ant-v4", "--env_kwargs", "no_such_kwarg=1",
                                "--timesteps", "64", "--out", str(self.work / "x"))

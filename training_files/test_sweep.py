@@ -129,7 +129,22 @@ class LocalSweep(SweepTestCase):
                     code = exc.code
             self.assertIn(code, (1, 2), args)
             self.assertIn(message, err.getvalue(), args)
+            self.assertNotIn("ERROR: ERROR:", err.getvalue(), args)
             self.assertFalse((self.work / "sweeps" / "x").exists(), args)
+
+    def test_trials_are_checked_with_the_flags_that_override_their_entry(self):
+        """batch_size 256 needs two envs of 128 steps: the entry alone breaks the rule, with
+        --n_envs 2 (as each trial runs) it holds."""
+        import sweep
+        from errors import PipelineError
+
+        write_hparam_file(self.work / "hparam.yml", hybrid={"batch_size": 256})
+        config = {"grid_keys": [], "sweep_id": "x", "sweep_dir": str(self.work / "sweeps" / "x"),
+                  "seed": 0, "base_argv": [*PIPELINE_FLAGS, "--total_timesteps", "512"]}
+        with self.assertRaisesRegex(PipelineError, "batch_size 256 exceeds n_steps"):
+            sweep.check_trials([config])
+        config["base_argv"] += ["--n_envs", "2"]
+        self.assertEqual(sweep.check_trials([config]), 512)
 
 
 class InterruptedSweep(SweepTestCase):

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from errors import EXIT_ERROR, EXIT_INTERRUPTED, PipelineError, raised_by_ctrl_c  # noqa: E402
+from errors import (EXIT_ERROR, EXIT_INTERRUPTED, PipelineError, error_line,  # noqa: E402
+                    raised_by_ctrl_c)
 
 DEFAULT_LOG = Path("logs/pipeline_runs.json")
 
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None, on_eval=None, entry_fields: dict | None 
 
         check_log_file(args.log_file)  # nowhere to log this failure: one line, nothing else
     except PipelineError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return EXIT_ERROR
     code, message = 0, None
     try:
@@ -453,9 +454,7 @@ def main(argv: list[str] | None = None, on_eval=None, entry_fields: dict | None 
             message, code = _interrupted_message(entry), EXIT_INTERRUPTED
             entry["status"] = "interrupted"
         elif isinstance(exc, PipelineError):
-            message = str(exc)
-            if not message.startswith(("ERROR:", "Pipeline failed:")):
-                message = f"ERROR: {message}"
+            message = error_line(exc)
             entry.update(status="failed", error=message)
             code = EXIT_ERROR
         else:  # a bug, not bad input: log it, then show the traceback

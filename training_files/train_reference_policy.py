@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atomic_file import replace_atomically, write_bytes_atomically
 from collect_dataset import parse_env_kwargs
 from errors import PipelineError, exit_code
 
@@ -39,17 +40,32 @@ RUN_FILE = "run.json"
 DEFAULT_ENV_ID = "Walker2d-v4"
 
 
-def _newest_checkpoint(out: Path) -> tuple[Path, Path] | None:
+def _checkpoints(out: Path) -> list[tuple[Path, Path]]:
+    """(model zip, VecNormalize stats) of every checkpoint that has both, newest first."""
     found = []
     for zip_path in out.glob("ppo_*_steps.zip"):
         m = re.fullmatch(r"ppo_(\d+)_steps\.zip", zip_path.name)
         stats = out / f"ppo_vecnormalize_{m.group(1)}_steps.pkl" if m else None
         if m and stats.exists():
             found.append((int(m.group(1)), zip_path, stats))
-    if not found:
-        return None
-    _, zip_path, stats = max(found)
-    return zip_path, stats
+    return [(zip_path, stats) for _, zip_path, stats in sorted(found, reverse=True)]
+
+
+def _load_newest(out: Path, venv):
+    """The newest checkpoint that loads: SB3's CheckpointCallback writes its files in place,
+    so a run killed while writing one leaves it damaged, and the one before it is resumed."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    for zip_path, stats in _checkpoints(out):
+        try:
+            model = PPO.load(zip_path, env=VecNormalize.load(str(stats), venv), device="cpu")
+        except Exception as exc:  # a truncated zip or pickle raises one of several types
+            print(f"Skipping checkpoint {zip_path.name}: it does not load ({type(exc).__name__})")
+            continue
+        print(f"Resuming from {zip_path} at {model.num_timesteps} steps")
+        return model
+    raise PipelineError(f"No checkpoint in {out} loads: start afresh in another --out")
 
 
 def read_run(out: Path) -> dict | None:
@@ -87,8 +103,7 @@ def train_reference_policy(env_id: str, timesteps: int, seed: int, out: Path,
     torch.set_num_threads(1)
     if resume:
         _check_same_env(out, env_id, env_kwargs)
-    newest = _newest_checkpoint(out) if resume else None
-    if not resume and _newest_checkpoint(out) is not None:
+    if not resume and _checkpoints(out):
         raise PipelineError(f"{out} already holds checkpoints: pass --resume to continue them, "
                             "or use another --out")
     try:
@@ -96,31 +111,30 @@ def train_reference_policy(env_id: str, timesteps: int, seed: int, out: Path,
     except Exception as exc:  # gymnasium raises several types for a bad id or kwargs
         raise PipelineError(f"Cannot create env {env_id} {env_kwargs}: {exc}") from exc
     out.mkdir(parents=True, exist_ok=True)
-    if newest is not None:
-        zip_path, stats = newest
-        venv = VecNormalize.load(str(stats), venv)
-        model = PPO.load(zip_path, env=venv, device="cpu")
-        print(f"Resuming from {zip_path} at {model.num_timesteps} steps")
+    resumed = resume and bool(_checkpoints(out))
+    if resumed:
+        model = _load_newest(out, venv)
+        venv = model.get_env()
     else:
         venv = VecNormalize(venv, norm_obs=True, norm_reward=True)
         model = PPO("MlpPolicy", venv, n_steps=n_steps, seed=seed, device="cpu", verbose=0,
                     tensorboard_log=str(out / "tb"))
     run = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed, "n_envs": n_envs,
            "n_steps": model.n_steps, "timesteps": timesteps}
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    write_bytes_atomically(out / RUN_FILE, (json.dumps(run, indent=2) + "\n").encode("utf-8"))
     remaining = timesteps - model.num_timesteps
     if remaining > 0:
         model.learn(
             total_timesteps=remaining,
-            reset_num_timesteps=newest is None,
+            reset_num_timesteps=not resumed,
             progress_bar=progress,
             # save_freq counts vec-env steps: n_envs env steps each.
             callback=CheckpointCallback(save_freq=max(checkpoint_every // n_envs, 1),
                                         save_path=str(out), name_prefix="ppo",
                                         save_vecnormalize=True),
         )
-    model.save(out / "final.zip")
-    venv.save(str(out / "final_vecnormalize.pkl"))
+    replace_atomically(out / "final.zip", lambda tmp: model.save(str(tmp)))
+    replace_atomically(out / "final_vecnormalize.pkl", lambda tmp: venv.save(str(tmp)))
     return model
 
 
@@ -135,8 +149,11 @@ def evaluate_checkpoints(env_id: str, out: Path, episodes: int, seed: int = 100,
         steps = int(zip_path.stem.split("_")[1])
         stats = out / f"ppo_vecnormalize_{steps}_steps.pkl"
         # collect_episodes looks for <stem>_vecnormalize.pkl beside the zip
+        if not stats.exists():  # killed between SB3's two writes: no statistics to act with
+            print(f"{steps:>8} steps: skipped, {stats.name} is missing", flush=True)
+            continue
         link = zip_path.with_name(f"{zip_path.stem}_vecnormalize.pkl")
-        if not link.exists():
+        if not link.is_symlink():
             link.symlink_to(stats.name)
         row = {"steps": steps}
         for mode, deterministic in (("stochastic", False), ("deterministic", True)):
