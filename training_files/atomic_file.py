@@ -11,6 +11,7 @@ of this target take, else those whose process is gone).
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import tempfile
@@ -55,7 +56,7 @@ def remove_stale_temps(path: Path, all_orphans: bool = False) -> list[Path]:
     prefix = _tmp_prefix(path)
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.(?:.*\.)?tmp$")
     removed = []
-    for tmp in path.parent.glob(f"{glob_escape(prefix)}*{_TMP_SUFFIX}"):
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*{_TMP_SUFFIX}"):
         match = pattern.match(tmp.name)
         if not all_orphans:
             if match is None:
@@ -69,10 +70,6 @@ def remove_stale_temps(path: Path, all_orphans: bool = False) -> list[Path]:
         except FileNotFoundError:
             pass
     return removed
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _new_temp(path: Path, mode: int | None, locked: bool) -> tuple[int, Path]:

@@ -134,7 +134,10 @@ def _load_policy(policy_path: Path, env_id: str, env_kwargs: dict | None):
 
     if not policy_path.exists():
         raise PipelineError(f"Policy file not found: {policy_path}")
-    model = PPO.load(policy_path, device="cpu")
+    try:  # SB3 raises several types for a file that is not a model (ValueError, BadZipFile, ...)
+        model = PPO.load(policy_path, device="cpu")
+    except Exception as exc:
+        raise PipelineError(f"Cannot load policy {policy_path}: {exc}") from exc
     model.policy.set_training_mode(False)
     stats = policy_path.with_name(policy_path.stem + "_vecnormalize.pkl")
     normalizer = None
@@ -143,9 +146,13 @@ def _load_policy(policy_path: Path, env_id: str, env_kwargs: dict | None):
         # episodes are stepped in a gymnasium vector env, which can reset one slot with its
         # own seed.
         spaces_only = DummyVecEnv([lambda: gym.make(env_id, **(env_kwargs or {}))])
-        normalizer = VecNormalize.load(str(stats), spaces_only)
+        try:
+            normalizer = VecNormalize.load(str(stats), spaces_only)
+        except Exception as exc:  # a truncated pickle, or statistics of other spaces
+            raise PipelineError(f"Cannot load observation statistics {stats}: {exc}") from exc
+        finally:
+            spaces_only.close()
         normalizer.training = False
-        normalizer.venv.close()
     return model, normalizer
 
 

@@ -221,7 +221,7 @@ def _episode_cut(truncs: np.ndarray, terms: np.ndarray) -> np.ndarray:
     return truncs
 
 
-def _load_d4rl(path: Path, where: str, max_episode_steps: int | None) -> tuple[OfflineData, dict]:
+def _load_d4rl(path: Path, max_episode_steps: int | None) -> tuple[OfflineData, dict]:
     import h5py
 
     try:
@@ -292,7 +292,7 @@ def _resolve_one(dataset: str, env: str, name: str, max_episode_steps: int | Non
         return _load_minari(dataset_id, minari_path)
     d4rl_path = d4rl_dir() / d4rl_file_name(env, name)
     if d4rl_path.exists():
-        return _load_d4rl(d4rl_path, dataset_id, max_episode_steps)
+        return _load_d4rl(d4rl_path, max_episode_steps)
     if generate and (dataset, env, name) in BUNDLED:
         # One generation per dataset: a second run waits here, then finds the dataset made.
         with exclusive(minari_root() / f".{dataset}@{env}@{name}.generate.lock",

@@ -52,7 +52,8 @@ def check_dir(what: str, directory: Path) -> None:
 
 
 def model_file(save_file: Path) -> Path:
-    """Where the hybrid model really goes: SB3 appends .zip to any other suffix."""
+    """Where the hybrid model goes: the name with .zip appended unless it ends in .zip (SB3
+    appends it only to a name without a suffix; every save here goes through this name)."""
     save_file = Path(save_file)
     return save_file if save_file.suffix == ".zip" else save_file.with_name(save_file.name + ".zip")
 

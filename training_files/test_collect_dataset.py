@@ -177,6 +177,24 @@ class VectorisedCollectionTest(IsolatedTestCase):
         self.assertEqual(code, 1)
         self.assertIn("--n_envs", err.getvalue())
 
+    def test_a_file_that_is_not_a_policy_is_one_line(self):
+        junk = self.work / "junk.zip"
+        junk.write_text("not a zip")
+        stats = self.work / "ok_vecnormalize.pkl"
+        stats.write_bytes(b"\x80\x04")  # a truncated pickle beside a good policy
+        ok = self.work / "ok.zip"
+        ok.write_bytes(Path(self.policy).read_bytes())
+        for policy, expect in ((junk, "Cannot load policy"),
+                               (ok, "Cannot load observation statistics")):
+            err = io.StringIO()
+            with self.subTest(expect=expect), contextlib.redirect_stderr(err), \
+                    contextlib.redirect_stdout(io.StringIO()):
+                code = collect_dataset.main(["--env_id", ENV_ID, "--policy", str(policy),
+                                             "--episodes", "2", "--name", "mujoco/walker2d/cli-v0"])
+                self.assertEqual(code, 1)
+                self.assertEqual(len(err.getvalue().strip().splitlines()), 1, err.getvalue())
+                self.assertIn(expect, err.getvalue())
+
 
 if __name__ == "__main__":
     unittest.main()
