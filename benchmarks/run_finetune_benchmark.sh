@@ -190,6 +190,8 @@ phase --datasets simple-v0 --seeds $(seq 20 39) --variants hybrid-gated_anchor_o
 phase --datasets simple-v0 --seeds $(seq 40 59) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
 # test AK (2026-11-29, session 37): 50 new seeds of the same pair, the lag's independent replication
 phase --datasets simple-v0 --seeds $(seq 60 109) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
+# test AM (2026-11-29, session 38): the medium edge's replication on 30 new medium-v1 seeds (N fixed before the runs)
+phase --datasets medium-v1 --seeds $(seq 20 49) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
