@@ -211,20 +211,23 @@ class StageTimes(BaseCallback):
         self._mark = None
         self._eval_at_mark = 0.0
 
-    def _on_rollout_start(self) -> None:
+    def _close(self, stage: str) -> None:
+        """Add the time since the mark to `stage`, less the evaluations run in it (the
+        periodic ones in rollouts, the final one at training end), and mark again."""
         now = time.perf_counter()
         if self._mark is not None:
-            self.seconds["updates"] += now - self._mark
+            evaluating = self.evaluator.seconds - self._eval_at_mark
+            self.seconds[stage] += now - self._mark - evaluating
         self._mark, self._eval_at_mark = now, self.evaluator.seconds
 
+    def _on_rollout_start(self) -> None:
+        self._close("updates")
+
     def _on_rollout_end(self) -> None:
-        now = time.perf_counter()
-        self.seconds["rollouts"] += now - self._mark - (self.evaluator.seconds - self._eval_at_mark)
-        self._mark = now
+        self._close("rollouts")
 
     def _on_training_end(self) -> None:
-        if self._mark is not None:
-            self.seconds["updates"] += time.perf_counter() - self._mark
+        self._close("updates")
 
     def _on_step(self) -> bool:
         return True

@@ -46,7 +46,8 @@ from evaluation import (EvalEnv, PeriodicEval, SELECTION_SEED_OFFSET, TEST_SEED_
 from critic_thread import ppo_value_loss
 from hparams import HybridConfig
 from hybrid_ppo import HybridPPO
-from hybrid_training import BestModelKeeper, HybridResult, confirm_best, make_train_env
+from hybrid_training import (BestModelKeeper, HybridResult, StageTimes, confirm_best,
+                              make_train_env)
 from offline_batch import normalise_per_source
 from policy_anchor import gain_gate
 from policy_restarts import DeterministicRestarts, attach_policy, restart_counts, restart_wrapper
@@ -741,6 +742,24 @@ class BestModelKeeperTest(IsolatedTestCase):
                                   bc_file=files["bc"], confirmation={**versus, "kept": True})
         self.assertEqual(final_best.handed_over, self.work / "run.zip")
 
+
+
+class StageTimesTest(unittest.TestCase):
+    def test_evaluations_count_in_no_stage(self):
+        """A periodic evaluation inside a rollout and the final one at training end (after the
+        last update) are evaluation time, neither rollout nor update time."""
+        evaluator = mock.Mock(seconds=0.0)
+        times = StageTimes(evaluator)
+        clock = iter([0.0, 10.0, 12.0, 20.0, 30.0])
+        with mock.patch("hybrid_training.time.perf_counter", lambda: next(clock)):
+            times._on_rollout_start()  # 0
+            evaluator.seconds = 3.0  # a periodic evaluation
+            times._on_rollout_end()  # 10: rollouts 10 - 3
+            times._on_rollout_start()  # 12: an update of 2
+            times._on_rollout_end()  # 20: rollouts 8
+            evaluator.seconds = 7.0  # the final evaluation, after the last update
+            times._on_training_end()  # 30: an update of 10 - 4
+        self.assertEqual(times.seconds, {"rollouts": 15.0, "updates": 8.0})
 
 
 class DeterministicRestartsTest(IsolatedTestCase):
