@@ -110,7 +110,9 @@ def falls_by_phase(short: dict, limit: int, variants=("hybrid", "bc_ppo"), datas
         phases: dict[int, list] = {}
         for curve in by_seed.values():
             for point in curve[1:]:
-                phases.setdefault(min(point["timesteps"] // width, n_phases - 1), []).append(point["mean_ep_length"])
+                # (t - 1) // width: 50k belongs to 0-50k, as in the early-dip rule and strong_bc
+                phase = min((point["timesteps"] - 1) // width, n_phases - 1)
+                phases.setdefault(phase, []).append(point["mean_ep_length"])
         cells = [f"{np.mean(np.array(v) < limit):.0%} ({np.mean(v):.0f})" for _, v in sorted(phases.items())]
         lines.append(f"| {variant} | {len(by_seed)} | " + " | ".join(cells) + " |")
     return lines
