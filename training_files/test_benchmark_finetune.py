@@ -53,7 +53,8 @@ def hybrid_entry_of(dataset: str, variant: str, env: str, runs: Path):
     """The hybrid hparam entry a benchmark run of `variant` gets, as its command passes it."""
     args, _, _ = finetune.command(dataset, variant, 0, 1000, runs, env)
     parsed = build_parser().parse_args(args)
-    return load_hparams(*finetune.KEYS[env], Path(parsed.hparam_file))[1]
+    return load_hparams(*finetune.KEYS[env], Path(parsed.hparam_file),
+                        n_envs=parsed.n_envs, vec_env=parsed.vec_env)[1]
 
 
 class CommandTest(unittest.TestCase):
@@ -74,7 +75,9 @@ class CommandTest(unittest.TestCase):
                         path = (Path(parsed.hparam_file) if parsed.hparam_file
                                 else finetune.REPO / "hparam.yml")
                         bc_key, hybrid_key = finetune.KEYS[env]
-                        _, hybrid = load_hparams(bc_key, hybrid_key, path)
+                        # with the flags that override the entry, as run_pipeline applies them
+                        _, hybrid = load_hparams(bc_key, hybrid_key, path, n_envs=parsed.n_envs,
+                                                 vec_env=parsed.vec_env)
                         for field, value in finetune.VARIANTS[variant].get("hparams", {}).items():
                             self.assertEqual(getattr(hybrid, field), value)
 
