@@ -148,10 +148,10 @@ def evaluate_checkpoints(env_id: str, out: Path, episodes: int, seed: int = 100,
     for zip_path in checkpoints:
         steps = int(zip_path.stem.split("_")[1])
         stats = out / f"ppo_vecnormalize_{steps}_steps.pkl"
-        # collect_episodes looks for <stem>_vecnormalize.pkl beside the zip
         if not stats.exists():  # killed between SB3's two writes: no statistics to act with
             print(f"{steps:>8} steps: skipped, {stats.name} is missing", flush=True)
             continue
+        # collect_episodes looks for <stem>_vecnormalize.pkl beside the zip
         link = zip_path.with_name(f"{zip_path.stem}_vecnormalize.pkl")
         if not link.is_symlink():
             link.symlink_to(stats.name)
