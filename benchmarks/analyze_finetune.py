@@ -245,14 +245,13 @@ def summarise(runs: dict[tuple[str, str], dict[str, list[dict]]], reps: int = RE
             md += ["Probability of improvement, last-3 mean, P(row > column) [95% CI]:", ""]
             for x, y in pairs:
                 seeds = sorted(set(r["seed"] for r in rows[x]) & set(r["seed"] for r in rows[y]))
-                pick = lambda v: np.array([r["last3"] for r in rows[v] if r["seed"] in seeds])  # noqa: E731
+                pick = lambda v, key="last3": np.array([r[key] for r in rows[v]  # noqa: E731
+                                                        if r["seed"] in seeds])
                 p = prob_improvement(pick(x), pick(y), reps)
                 js[dataset][f"P({x} > {y})"] = list(p)
                 line = f"- P({x} > {y}) = {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]"
                 if y == "bc_ppo":  # the headline pairs: also over three distinct policies
-                    distinct = lambda v: np.array([r["last3_distinct"] for r in rows[v]  # noqa: E731
-                                                   if r["seed"] in seeds])
-                    q = prob_improvement(distinct(x), distinct(y), reps)
+                    q = prob_improvement(pick(x, "last3_distinct"), pick(y, "last3_distinct"), reps)
                     line += f" (180k-200k: {q[0]:.2f} [{q[1]:.2f}, {q[2]:.2f}])"
                 md.append(f"{line} over seeds {seeds}")
             md.append("")

@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "training_files"))
 
+from analyze_finetune import periodic  # noqa: E402  (beside this script)
 from confirmation import find  # noqa: E402  (beside this script)
 from evaluation import evaluate  # noqa: E402
 
@@ -69,15 +70,10 @@ def recorded_runs(finetune: Path, dataset: str, variant: str) -> dict[int, dict]
     return runs
 
 
-def evaluations(record: dict) -> list[dict]:
-    """The run's periodic evaluations, without the entries a mechanism noted beside them."""
-    return [e for e in record["curve"] if not e.get("note")]
-
-
 def moved_evals(record: dict, window: str) -> int:
     """How many of the run's evaluations in `window` scored a policy fine-tuning had changed
     (early: 4, at 20k-50k steps; all: 20, up to the final one)."""
-    return sum(0 < e["timesteps"] <= WINDOWS[window] for e in evaluations(record)) - 1
+    return sum(0 < e["timesteps"] <= WINDOWS[window] for e in periodic(record["curve"])) - 1
 
 
 def rule_of(row: dict) -> tuple[str, int]:
@@ -159,7 +155,7 @@ def beyond_noise(rows: list[dict], finetune: Path, dataset: str, window: str) ->
         r = json.loads(line)
         if r.get("env", "walker2d") != "walker2d" or r["dataset"] != dataset:
             continue
-        curve = evaluations(r)
+        curve = periodic(r["curve"])
         n = noise.get(r["seed"])
         if n is None or abs(curve[0]["normalized_score"] - n["step0_score"]) > 1e-6:
             continue

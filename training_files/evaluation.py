@@ -176,5 +176,10 @@ class PeriodicEval(BaseCallback):
         return rollout_ends and self.model.num_timesteps >= self.model._total_timesteps
 
     def _on_training_end(self) -> None:
+        self.score_final()
+
+    def score_final(self) -> None:
+        """Evaluate the model as it is now unless its step count has an evaluation already
+        (at training end; after an interrupt, which skips that hook)."""
         if not self.history or self.history[-1]["timesteps"] != self.model.num_timesteps:
             self.run_eval()

@@ -309,8 +309,7 @@ def train_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSe
         interrupted = True
     with model.evaluated_actor():  # the averaged actor, if the run keeps one
         save_file, save_error = save_with_fallback(model, settings.save_file)
-    if not evaluator.history or evaluator.history[-1]["timesteps"] != model.num_timesteps:
-        evaluator.run_eval()  # the final model is a candidate too (interrupted: not yet scored)
+    evaluator.score_final()  # the final model is a candidate too (interrupted: not yet scored)
     eval_env.close()
     restarts = restart_counts(model.env) if cfg.deterministic_restarts > 0 else None
     model.env.close()

@@ -51,13 +51,13 @@ def _checkpoints(out: Path) -> list[tuple[Path, Path]]:
     return [(zip_path, stats) for _, zip_path, stats in sorted(found, reverse=True)]
 
 
-def _load_newest(out: Path, venv):
-    """The newest checkpoint that loads: SB3's CheckpointCallback writes its files in place,
-    so a run killed while writing one leaves it damaged, and the one before it is resumed."""
+def _load_newest(checkpoints: list[tuple[Path, Path]], out: Path, venv):
+    """The newest of `checkpoints` that loads: SB3's CheckpointCallback writes its files in
+    place, so a run killed while writing one leaves it damaged, and the one before is resumed."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecNormalize
 
-    for zip_path, stats in _checkpoints(out):
+    for zip_path, stats in checkpoints:
         try:
             model = PPO.load(zip_path, env=VecNormalize.load(str(stats), venv), device="cpu")
         except Exception as exc:  # a truncated zip or pickle raises one of several types
@@ -103,7 +103,8 @@ def train_reference_policy(env_id: str, timesteps: int, seed: int, out: Path,
     torch.set_num_threads(1)
     if resume:
         _check_same_env(out, env_id, env_kwargs)
-    if not resume and _checkpoints(out):
+    checkpoints = _checkpoints(out)
+    if not resume and checkpoints:
         raise PipelineError(f"{out} already holds checkpoints: pass --resume to continue them, "
                             "or use another --out")
     try:
@@ -111,9 +112,9 @@ def train_reference_policy(env_id: str, timesteps: int, seed: int, out: Path,
     except Exception as exc:  # gymnasium raises several types for a bad id or kwargs
         raise PipelineError(f"Cannot create env {env_id} {env_kwargs}: {exc}") from exc
     out.mkdir(parents=True, exist_ok=True)
-    resumed = resume and bool(_checkpoints(out))
+    resumed = resume and bool(checkpoints)
     if resumed:
-        model = _load_newest(out, venv)
+        model = _load_newest(checkpoints, out, venv)
         venv = model.get_env()
     else:
         venv = VecNormalize(venv, norm_obs=True, norm_reward=True)
