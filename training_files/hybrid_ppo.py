@@ -43,7 +43,7 @@ from policy_average import ActorAverage
 from split_vec_env import SplitVecEnv
 from update_batch import (joined, online_samples, policy_advantages, policy_gradient_loss,
                           sample_counts)
-from update_terms import ActorTerms, record_update
+from update_terms import ActorTerms, record_update, trust_region_stats
 
 class HybridPPO(PPO):
     """PPO + offline segments with V-trace, OOD weights, a BC term and critic warm-ups.
@@ -336,8 +336,6 @@ class HybridPPO(PPO):
                 policy_loss = policy_gradient_loss(surrogate, weights, offline_mb,
                                                    self.policy_gradient_mean)
                 stats["policy_gradient_loss"].append(policy_loss.item())
-                stats["clip_fraction"].append(
-                    torch.mean((torch.abs(ratio - 1) > clip_range).float()).item())
 
                 if critic is not None:
                     value_term = 0.0  # the critic thread adds its gradient; joined after backward
@@ -356,10 +354,10 @@ class HybridPPO(PPO):
                     loss = policy_loss + self.ent_coef * entropy_loss + value_term
                     loss = terms.added_to(loss, self.policy, log_prob, offline_mb, weights, mb)
 
-                with torch.no_grad():
-                    log_ratio = log_prob - batch.old_log_prob[mb]
-                    approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
-                    stats["approx_kl"].append(approx_kl_div)
+                approx_kl_div, clip_fraction = trust_region_stats(
+                    log_prob - batch.old_log_prob[mb], offline_mb, clip_range)
+                stats["approx_kl"].append(approx_kl_div)
+                stats["clip_fraction"].append(clip_fraction)
                 stop = self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl
                 if not stop and torch.is_tensor(loss) and loss.requires_grad:
                     loss.backward()  # (with the critic thread, in the critic-only updates: nothing)

@@ -59,6 +59,7 @@ from test_hybrid_ppo import (ENV_ID, make_hybrid, params_equal, read_progress,  
                              with_fields)
 from testing_utils import IsolatedTestCase
 from update_batch import policy_gradient_loss
+from update_terms import trust_region_stats
 
 warnings.filterwarnings("ignore", message=".*is out of date.*")
 
@@ -500,6 +501,22 @@ class FineTuningMechanismsTest(IsolatedTestCase):
             for mode in ("batch", "online"):  # one source only (mix 0 or 1): SB3's mean
                 self.assertTrue(torch.equal(policy_gradient_loss(surrogate, weights, rows, mode),
                                             -(weights * surrogate).mean()))
+
+    def test_trust_region_stats_read_the_rows_the_rollout_policy_sampled(self):
+        # online rows barely moved; the data's actions lie far in the policy's tail
+        log_ratio = torch.tensor([0.01, -0.02, 0.0, 3.0, -4.0, 2.5])
+        offline = torch.tensor([False, False, False, True, True, True])
+        online = log_ratio[:3]
+        sb3_kl = lambda x: torch.mean((torch.exp(x) - 1) - x)  # noqa: E731  (PPO.train's k3)
+        kl, clipped = trust_region_stats(log_ratio, offline, clip_range=0.1)
+        torch.testing.assert_close(torch.as_tensor(kl), sb3_kl(online))
+        self.assertLess(float(kl), 1e-3)  # all rows: ~2.3, past any target_kl's early stop
+        self.assertGreater(float(sb3_kl(log_ratio)), 1.0)
+        self.assertEqual(clipped, 0.0)  # all rows: half of them clipped
+        for rows in (torch.zeros(6, dtype=torch.bool), torch.ones(6, dtype=torch.bool)):
+            kl, clipped = trust_region_stats(log_ratio, rows, clip_range=0.1)  # one source: all rows
+            torch.testing.assert_close(torch.as_tensor(kl), sb3_kl(log_ratio))
+            self.assertEqual(clipped, 0.5)
 
     def test_policy_gradient_mean_changes_only_runs_with_offline_rows(self):
         runs = {}

@@ -56,6 +56,22 @@ class ActorTerms:
             record("train/anchor_coeff", self.anchor_coeff)
 
 
+def trust_region_stats(log_ratio: torch.Tensor, offline: torch.Tensor,
+                       clip_range: float) -> tuple[np.ndarray, float]:
+    """SB3's approx_kl (k3 estimator) and clip_fraction, on the rows the rollout policy sampled.
+
+    k3 estimates KL(pi_old || pi) only on actions drawn from pi_old; offline actions come from
+    the data's policy, whose log-ratios (3-5x the online rows' late in a run) measure the data's
+    distance, not the update's step, and would reach `target_kl`'s early stop for it. A
+    minibatch without online rows (mix_ratio 1, the offline-only updates) has no such rows:
+    there all rows, the only estimate it has."""
+    with torch.no_grad():
+        rows = log_ratio[~offline] if bool((~offline).any()) else log_ratio
+        approx_kl = torch.mean((torch.exp(rows) - 1) - rows).cpu().numpy()
+        clip_fraction = torch.mean((torch.abs(torch.exp(rows) - 1) > clip_range).float()).item()
+    return approx_kl, clip_fraction
+
+
 def record_update(model, stats: dict[str, list], loss, clip_range: float, clip_range_vf,
                   critic_only: bool, offline_stats: dict) -> None:
     """SB3's PPO.train log keys, plus the offline samples' statistics and HybridPPO's own."""

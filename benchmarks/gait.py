@@ -1,0 +1,120 @@
+"""What fine-tuning changes in a walker: how often it falls, or how fast it walks? (docs/RESULTS.md, test AN)
+
+A deterministic walker2d evaluation's return is its episodes' length times their reward per
+env step. The length says how soon the walker falls (1,000 steps: it never did); the reward per
+step is mostly forward speed (Walker2d-v4 pays the x-velocity, 1 per step for staying up, minus a
+small control cost). Issue 12's medium +10 bar asks for ~71-72 points, so it matters which of
+the two a method moves: without any fall, a gait's score is its reward per step x 1,000, scored.
+
+Per results file, dataset and variant, over seeds (each seed one run, its evaluations pooled per
+phase, so an evaluation's episodes weigh by their length): mean episode length and reward per
+step (sum of returns / sum of lengths) at step 0 (BC), per phase of the run and over the last
+three evaluations, mean over seeds with a Student-t 95% CI; then each run's change from step 0
+to its last three evaluations, paired, and the score its end gait would reach without falls.
+
+  python benchmarks/gait.py   # -> benchmarks/results/gait.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import t as student_t
+
+from analyze_finetune import load, periodic
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FILES = ("finetune.jsonl", "finetune_300k.jsonl", "finetune_1m.jsonl")
+PHASES = ((1, 50_000), (50_001, 100_000), (100_001, 200_000), (200_001, 500_000),
+          (500_001, 1_000_000))
+DATASETS = ("medium-v0", "medium-v1", "expert-v0", "simple-v0")
+
+
+def gait(points: list[dict]) -> tuple[float, float]:
+    """(mean episode length, reward per env step) of evaluations taken together."""
+    lengths = np.array([p["mean_ep_length"] * p["episodes"] for p in points])
+    returns = np.array([p["mean_reward"] * p["episodes"] for p in points])
+    episodes = sum(p["episodes"] for p in points)
+    return float(lengths.sum() / episodes), float(returns.sum() / lengths.sum())
+
+
+def mean_ci(values: list[float], digits: int) -> str:
+    """Mean over seeds with its Student-t 95% CI half-width."""
+    x = np.array(values)
+    if len(x) < 2:
+        return f"{x.mean():.{digits}f}"
+    half = student_t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return f"{x.mean():.{digits}f} ± {half:.{digits}f}"
+
+
+def scored(rate: float, limit: int, ref: tuple[float, float]) -> float:
+    """The normalised score of `limit` steps at `rate` reward per step: the gait without falls."""
+    return 100 * (rate * limit - ref[0]) / (ref[1] - ref[0])
+
+
+def table(runs: list[dict], limit: int) -> tuple[list[str], list[str]]:
+    """Cells per phase (length / reward per step) and the paired change from step 0 to the
+    last three evaluations, for one variant's runs."""
+    curves = [periodic(r["curve"]) for r in runs]
+    ref = runs[0]["dataset_info"]["ref_scores"]
+    cells = []
+    for low, high in ((0, 0), *PHASES):
+        per_seed = [gait([p for p in c if low <= p["timesteps"] <= high]) for c in curves
+                    if any(low <= p["timesteps"] <= high for p in c)]
+        cells.append("-" if len(per_seed) < len(curves) else
+                     f"{mean_ci([g[0] for g in per_seed], 0)} / {mean_ci([g[1] for g in per_seed], 2)}")
+    start = [gait(c[:1]) for c in curves]
+    end = [gait(c[-3:]) for c in curves]
+    cells.append(f"{mean_ci([g[0] for g in end], 0)} / {mean_ci([g[1] for g in end], 2)}")
+    change = [f"{mean_ci([e[0] - s[0] for s, e in zip(start, end)], 0)}",
+              f"{mean_ci([e[1] - s[1] for s, e in zip(start, end)], 3)}",
+              f"{mean_ci([scored(s[1], limit, ref) for s in start], 1)}",
+              f"{mean_ci([scored(e[1], limit, ref) for e in end], 1)}"]
+    return cells, change
+
+
+def report(files: list[Path], variants: set[str], min_seeds: int, limit: int = 1000) -> list[str]:
+    phase_names = ["step 0 (BC)"] + [f"{low // 1000}-{high // 1000}k" for low, high in PHASES] + ["last 3"]
+    lines = ["# Falls or gait: episode length and reward per env step (walker2d)", "",
+             "Per variant, over seeds: mean episode length / reward per env step (sum of returns over "
+             "sum of lengths), mean ± Student-t 95% CI half-width; `-`: a phase the runs do not reach.",
+             "", "| file | dataset | variant | seeds | " + " | ".join(phase_names) + " |",
+             "|---|---|---|---|" + "---|" * len(phase_names)]
+    changes = ["", "Change from step 0 to the last three evaluations, paired per seed (mean ± CI), "
+               f"and the score of {limit} steps at the reward per step of step 0 and of the end "
+               "(the gait without falls, normalised):", "",
+               "| file | dataset | variant | seeds | length | reward per step | no-fall score, BC | "
+               "no-fall score, end |", "|---|---|---|---|---|---|---|---|"]
+    for path in files:
+        if not path.exists():
+            continue
+        by_data = load(path)
+        for dataset in DATASETS:
+            for variant, runs in sorted(by_data.get(("walker2d", dataset), {}).items()):
+                runs = [r for r in runs if not r.get("derived_from")]
+                if variant not in variants or len(runs) < min_seeds:
+                    continue
+                cells, change = table(runs, limit)
+                head = f"| {path.name} | {dataset} | {variant} | {len(runs)} | "
+                lines.append(head + " | ".join(cells) + " |")
+                changes.append(head + " | ".join(change) + " |")
+    return lines + changes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", type=Path, nargs="+", default=[RESULTS / f for f in FILES])
+    p.add_argument("--variants", nargs="+",
+                   default=["hybrid-gated_anchor_offline_critic_only", "bc_ppo", "hybrid"])
+    p.add_argument("--min_seeds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=RESULTS / "gait.md")
+    args = p.parse_args()
+    lines = report(args.files, set(args.variants), args.min_seeds)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
