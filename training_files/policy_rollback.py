@@ -45,7 +45,9 @@ class PolicyRollback(BaseCallback):
                          "state": snapshot(model)}
             self.pending = None  # a recovery beat the best: train on from here
             return
-        if self.best is None:
+        if self.best is None or result.get("note"):
+            # a noted evaluation is the offline-improvement gate's candidate: the gate keeps it
+            # or reverts to BC itself; a fall rule on it would log a step-0 "rollback" to step 0
             return
         if fell_past(self.best["mean_reward"], result["mean_reward"], self.drop):
             result["rollback_to"] = self.best["timesteps"]

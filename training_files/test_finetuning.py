@@ -933,6 +933,21 @@ class PolicyRollbackTest(IsolatedTestCase):
             for name, value in values.items():
                 self.assertTrue(torch.equal(kept["optimizer"]["state"][i][name], value))
 
+    def test_the_offline_improvement_gates_candidate_is_no_fall(self):
+        model = self._model()
+        rollback = PolicyRollback(0.3)
+        rollback.after_eval({"timesteps": 0, "mean_reward": 100.0}, model, True)  # BC
+        candidate = {"timesteps": 0, "mean_reward": 10.0, "note": "offline improvement"}
+        rollback.after_eval(candidate, model, False)  # the gate reverts it to BC itself
+        self.assertEqual((rollback.rollbacks, rollback.pending), ([], None))
+        self.assertNotIn("rollback_to", candidate)
+        fall = {"timesteps": 64, "mean_reward": 10.0}  # a periodic one that low: rolled back
+        rollback.after_eval(fall, model, False)
+        self.assertEqual(rollback.rollbacks, [{"at": 64, "to": 0, "applied": False}])
+        kept = {"timesteps": 0, "mean_reward": 120.0, "note": "offline improvement"}
+        rollback.after_eval(kept, model, True)  # above BC: kept, the best to return to
+        self.assertEqual(rollback.best["mean_reward"], 120.0)
+
     def _run(self, drop: float):
         model = self._model()
         env = EvalEnv(ENV_ID, {}, 2, 10_000)
