@@ -10,7 +10,8 @@ Per results file, dataset and variant, over seeds (each seed one run, its evalua
 phase, so an evaluation's episodes weigh by their length): mean episode length and reward per
 step (sum of returns / sum of lengths) at step 0 (BC), per phase of the run and over the last
 three evaluations, mean over seeds with a Student-t 95% CI; then each run's change from step 0
-to its last three evaluations, paired, and the score its end gait would reach without falls.
+to its last three evaluations, paired, and the score its end gait would reach without falls;
+last, each variant's end against PPO-from-BC's (`bc_ppo`) on the same seeds.
 
   python benchmarks/gait.py   # -> benchmarks/results/gait.md
 """
@@ -22,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import t as student_t
+from scipy.stats import wilcoxon
 
 from analyze_finetune import load, periodic
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FILES = ("finetune.jsonl", "finetune_300k.jsonl", "finetune_1m.jsonl")
+FILES = ("finetune.jsonl", "finetune_replication.jsonl", "finetune_300k.jsonl", "finetune_1m.jsonl")
+BASELINE = "bc_ppo"
 PHASES = ((1, 50_000), (50_001, 100_000), (100_001, 200_000), (200_001, 500_000),
           (500_001, 1_000_000))
 DATASETS = ("medium-v0", "medium-v1", "expert-v0", "simple-v0")
@@ -75,6 +78,25 @@ def table(runs: list[dict], limit: int) -> tuple[list[str], list[str]]:
     return cells, change
 
 
+def against_baseline(runs: list[dict], base: list[dict]) -> str | None:
+    """Paired end differences (last three evaluations) to the baseline on the seeds both ran:
+    length, reward per step (mean ± CI, Wilcoxon p) and the last-3 score."""
+    mine = {r["seed"]: periodic(r["curve"])[-3:] for r in runs}
+    theirs = {r["seed"]: periodic(r["curve"])[-3:] for r in base}
+    seeds = sorted(set(mine) & set(theirs))
+    if len(seeds) < 2:
+        return None
+    cells = [str(len(seeds))]
+    for i, digits in ((0, 0), (1, 3)):
+        diff = [gait(mine[s])[i] - gait(theirs[s])[i] for s in seeds]
+        p = wilcoxon(diff).pvalue if any(diff) else 1.0
+        cells.append(f"{mean_ci(diff, digits)} (p {p:.2g})")
+    score = [np.mean([e["normalized_score"] for e in mine[s]])
+             - np.mean([e["normalized_score"] for e in theirs[s]]) for s in seeds]
+    cells.append(mean_ci(score, 1))
+    return " | ".join(cells)
+
+
 def report(files: list[Path], variants: set[str], min_seeds: int, limit: int = 1000) -> list[str]:
     phase_names = ["step 0 (BC)"] + [f"{low // 1000}-{high // 1000}k" for low, high in PHASES] + ["last 3"]
     lines = ["# Falls or gait: episode length and reward per env step (walker2d)", "",
@@ -87,6 +109,11 @@ def report(files: list[Path], variants: set[str], min_seeds: int, limit: int = 1
                "(the gait without falls, normalised):", "",
                "| file | dataset | variant | seeds | length | reward per step | no-fall score, BC | "
                "no-fall score, end |", "|---|---|---|---|---|---|---|---|"]
+    paired = ["", f"At the end (last three evaluations) against `{BASELINE}` on the same seeds: "
+              "difference in episode length and in reward per step (mean ± CI, Wilcoxon p), "
+              "and in the last-3 score", "",
+              "| file | dataset | variant | seeds | length | reward per step | last-3 score |",
+              "|---|---|---|---|---|---|---|"]
     for path in files:
         if not path.exists():
             continue
@@ -100,7 +127,11 @@ def report(files: list[Path], variants: set[str], min_seeds: int, limit: int = 1
                 head = f"| {path.name} | {dataset} | {variant} | {len(runs)} | "
                 lines.append(head + " | ".join(cells) + " |")
                 changes.append(head + " | ".join(change) + " |")
-    return lines + changes
+                base = by_data[("walker2d", dataset)].get(BASELINE, [])
+                versus = None if variant == BASELINE else against_baseline(runs, base)
+                if versus is not None:
+                    paired.append(f"| {path.name} | {dataset} | {variant} | {versus} |")
+    return lines + changes + paired
 
 
 def main() -> None:
