@@ -192,6 +192,10 @@ phase --datasets simple-v0 --seeds $(seq 40 59) --variants hybrid-gated_anchor_o
 phase --datasets simple-v0 --seeds $(seq 60 109) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
 # test AM (2026-11-29, session 38): the medium edge's replication on 30 new medium-v1 seeds (N fixed before the runs)
 phase --datasets medium-v1 --seeds $(seq 20 49) --variants hybrid-gated_anchor_offline_critic_only bc_ppo
+# test AN (2026-11-29, session 39): five times the budget, 1M online steps, medium-v0 seeds 0-7 (N fixed
+# before the runs; its own results file, so the 200k tables stay as they are)
+phase --datasets medium-v0 --seeds $(seq 0 7) --variants hybrid-gated_anchor_offline_critic_only bc_ppo \
+  --timesteps 1000000 --results benchmarks/results/finetune_1m.jsonl --runs_dir benchmarks/runs/long
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
@@ -200,3 +204,4 @@ python benchmarks/eval_noise.py --dataset expert-v0 --window all --blocks 40 \
     --variant hybrid-gated_anchor_offline_critic_only --seeds $(seq 0 29)
 python benchmarks/analyze_finetune.py
 python benchmarks/late_falls.py
+python benchmarks/gait.py
