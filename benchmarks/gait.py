@@ -30,6 +30,9 @@ from analyze_finetune import load, periodic
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("finetune.jsonl", "finetune_replication.jsonl", "finetune_300k.jsonl", "finetune_1m.jsonl")
 BASELINE = "bc_ppo"
+# today's walker2d default, the baseline, the former default
+VARIANTS = ("hybrid-gated_anchor_offline_critic_only", BASELINE, "hybrid")
+MIN_SEEDS = 5
 PHASES = ((1, 50_000), (50_001, 100_000), (100_001, 200_000), (200_001, 500_000),
           (500_001, 1_000_000))
 DATASETS = ("medium-v0", "medium-v1", "expert-v0", "simple-v0")
@@ -62,10 +65,15 @@ def table(runs: list[dict], limit: int) -> tuple[list[str], list[str]]:
     last three evaluations, for one variant's runs."""
     curves = [periodic(r["curve"]) for r in runs]
     ref = runs[0]["dataset_info"]["ref_scores"]
+
+    def within(point: dict, run: dict, low: int, high: int) -> bool:
+        # the final evaluation (a rollout past the run's steps) belongs to the run's last phase
+        return low <= min(point["timesteps"], run["timesteps"]) <= high
+
     cells = []
     for low, high in ((0, 0), *PHASES):
-        per_seed = [gait([p for p in c if low <= p["timesteps"] <= high]) for c in curves
-                    if any(low <= p["timesteps"] <= high for p in c)]
+        per_seed = [gait([p for p in c if within(p, r, low, high)]) for r, c in zip(runs, curves)
+                    if any(within(p, r, low, high) for p in c)]
         cells.append("-" if len(per_seed) < len(curves) else
                      f"{mean_ci([g[0] for g in per_seed], 0)} / {mean_ci([g[1] for g in per_seed], 2)}")
     start = [gait(c[:1]) for c in curves]
@@ -137,9 +145,8 @@ def report(files: list[Path], variants: set[str], min_seeds: int, limit: int = 1
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=Path, nargs="+", default=[RESULTS / f for f in FILES])
-    p.add_argument("--variants", nargs="+",
-                   default=["hybrid-gated_anchor_offline_critic_only", "bc_ppo", "hybrid"])
-    p.add_argument("--min_seeds", type=int, default=5)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--min_seeds", type=int, default=MIN_SEEDS)
     p.add_argument("--out", type=Path, default=RESULTS / "gait.md")
     args = p.parse_args()
     lines = report(args.files, set(args.variants), args.min_seeds)

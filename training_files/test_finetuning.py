@@ -510,7 +510,7 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         sb3_kl = lambda x: torch.mean((torch.exp(x) - 1) - x)  # noqa: E731  (PPO.train's k3)
         kl, clipped = trust_region_stats(log_ratio, offline, clip_range=0.1)
         torch.testing.assert_close(torch.as_tensor(kl), sb3_kl(online))
-        self.assertLess(float(kl), 1e-3)  # all rows: ~2.3, past any target_kl's early stop
+        self.assertLess(float(kl), 1e-3)  # all rows: ~4.6, past any target_kl's early stop
         self.assertGreater(float(sb3_kl(log_ratio)), 1.0)
         self.assertEqual(clipped, 0.0)  # all rows: half of them clipped
         for rows in (torch.zeros(6, dtype=torch.bool), torch.ones(6, dtype=torch.bool)):
