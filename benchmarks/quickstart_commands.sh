@@ -33,5 +33,6 @@ run skip_bc --dataset mujoco --env walker2d --names expert-v0 \
 run force_bc_retrain --dataset mujoco --env walker2d --names expert-v0 \
   --hparam_bc Walker2d-v4-bc-large --hparam_hybrid Walker2d-v4-hybrid --seed 42 --force_bc_retrain
 
-cp logs/pipeline_runs.json "$repo/benchmarks/results/quickstart_runs.json"
+# the run log names the temp folder of this run (its Minari data): written relative to it
+sed "s#$work/##g" logs/pipeline_runs.json > "$repo/benchmarks/results/quickstart_runs.json"
 echo "logs in $work"
