@@ -196,6 +196,9 @@ phase --datasets medium-v1 --seeds $(seq 20 49) --variants hybrid-gated_anchor_o
 # before the runs; its own results file, so the 200k tables stay as they are)
 phase --datasets medium-v0 --seeds $(seq 0 7) --variants hybrid-gated_anchor_offline_critic_only bc_ppo \
   --timesteps 1000000 --results benchmarks/results/finetune_1m.jsonl --runs_dir benchmarks/runs/long
+# test AO (2026-11-29, session 39, written before its runs): the same on 20 new seeds, spanning sessions
+phase --datasets medium-v0 --seeds $(seq 8 27) --variants hybrid-gated_anchor_offline_critic_only bc_ppo \
+  --timesteps 1000000 --results benchmarks/results/finetune_1m.jsonl --runs_dir benchmarks/runs/long
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
