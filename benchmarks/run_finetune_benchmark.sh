@@ -198,7 +198,7 @@ phase --datasets medium-v0 --seeds $(seq 0 7) --variants hybrid-gated_anchor_off
   --timesteps 1000000 --results benchmarks/results/finetune_1m.jsonl --runs_dir benchmarks/runs/long
 # test AO (2026-11-29, session 39, written before its runs): the same on 20 new seeds, spanning sessions
 phase --datasets medium-v0 --seeds $(seq 8 27) --variants hybrid-gated_anchor_offline_critic_only bc_ppo \
-  --timesteps 1000000 --results benchmarks/results/finetune_1m.jsonl --runs_dir benchmarks/runs/long
+  --timesteps 1000000 --results benchmarks/results/finetune_1m_ao.jsonl --runs_dir benchmarks/runs/long
 # test K (same notes): the early-dip rule's noise floor on medium-v1's BC policies
 python benchmarks/eval_noise.py --dataset medium-v1 --seeds $(seq 0 19)
 python benchmarks/eval_noise.py --seeds $(seq 0 24)  # medium-v0's table, with the new variant
