@@ -304,6 +304,7 @@ class HybridPPO(PPO):
         minibatch = max(1, int(round(self.batch_size * n_total / (self.n_steps * self.n_envs))))
 
         critic = self._critic_thread()
+        has_online = bool((~is_offline).any())  # see trust_region_stats
         stats: dict[str, list] = defaultdict(list)
         continue_training = True
         for epoch in range(self.n_epochs):
@@ -355,10 +356,12 @@ class HybridPPO(PPO):
                     loss = terms.added_to(loss, self.policy, log_prob, offline_mb, weights, mb)
 
                 approx_kl_div, clip_fraction = trust_region_stats(
-                    log_prob - batch.old_log_prob[mb], offline_mb, clip_range)
-                stats["approx_kl"].append(approx_kl_div)
-                stats["clip_fraction"].append(clip_fraction)
-                stop = self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl
+                    log_prob - batch.old_log_prob[mb], offline_mb, clip_range, has_online)
+                if approx_kl_div is not None:
+                    stats["approx_kl"].append(approx_kl_div)
+                    stats["clip_fraction"].append(clip_fraction)
+                stop = (self.target_kl is not None and approx_kl_div is not None
+                        and approx_kl_div > 1.5 * self.target_kl)
                 if not stop and torch.is_tensor(loss) and loss.requires_grad:
                     loss.backward()  # (with the critic thread, in the critic-only updates: nothing)
                 if critic is not None:  # its backward has overlapped the actor's

@@ -506,17 +506,29 @@ class FineTuningMechanismsTest(IsolatedTestCase):
         # online rows barely moved; the data's actions lie far in the policy's tail
         log_ratio = torch.tensor([0.01, -0.02, 0.0, 3.0, -4.0, 2.5])
         offline = torch.tensor([False, False, False, True, True, True])
-        online = log_ratio[:3]
         sb3_kl = lambda x: torch.mean((torch.exp(x) - 1) - x)  # noqa: E731  (PPO.train's k3)
-        kl, clipped = trust_region_stats(log_ratio, offline, clip_range=0.1)
-        torch.testing.assert_close(torch.as_tensor(kl), sb3_kl(online))
+        kl, clipped = trust_region_stats(log_ratio, offline, 0.1, update_has_online=True)
+        torch.testing.assert_close(torch.as_tensor(kl), sb3_kl(log_ratio[:3]))
         self.assertLess(float(kl), 1e-3)  # all rows: ~4.6, past any target_kl's early stop
         self.assertGreater(float(sb3_kl(log_ratio)), 1.0)
         self.assertEqual(clipped, 0.0)  # all rows: half of them clipped
         for rows in (torch.zeros(6, dtype=torch.bool), torch.ones(6, dtype=torch.bool)):
-            kl, clipped = trust_region_stats(log_ratio, rows, clip_range=0.1)  # one source: all rows
+            has_online = not bool(rows.all())  # one source, the update's only one: all rows
+            kl, clipped = trust_region_stats(log_ratio, rows, 0.1, update_has_online=has_online)
             torch.testing.assert_close(torch.as_tensor(kl), sb3_kl(log_ratio))
             self.assertEqual(clipped, 0.5)
+        # a minibatch without online rows in an update that has them: no estimate, no stop
+        all_offline = torch.ones(6, dtype=torch.bool)
+        self.assertEqual(trust_region_stats(log_ratio, all_offline, 0.1, update_has_online=True),
+                         (None, None))
+
+    def test_target_kl_still_stops_a_mixed_update_and_approx_kl_is_logged(self):
+        runs = {kl: self._learn(128, log=f"kl_{kl}", mix_ratio=0.5, offline_advantages="none",
+                                target_kl=kl) for kl in (None, 1e-9)}
+        self.assertGreater(runs[None]._n_updates, runs[1e-9]._n_updates)  # epochs cut short
+        updates = [r for r in read_progress(self.work / "kl_None" / "progress.csv")
+                   if r["train/critic_only"]]  # (the first row is the first rollout's, as SB3's)
+        self.assertTrue(updates and all(float(r["train/approx_kl"]) > 0 for r in updates))
 
     def test_policy_gradient_mean_changes_only_runs_with_offline_rows(self):
         runs = {}

@@ -56,17 +56,21 @@ class ActorTerms:
             record("train/anchor_coeff", self.anchor_coeff)
 
 
-def trust_region_stats(log_ratio: torch.Tensor, offline: torch.Tensor,
-                       clip_range: float) -> tuple[np.ndarray, float]:
+def trust_region_stats(log_ratio: torch.Tensor, offline: torch.Tensor, clip_range: float,
+                       update_has_online: bool) -> tuple[np.ndarray | None, float | None]:
     """SB3's approx_kl (k3 estimator) and clip_fraction, on the rows the rollout policy sampled.
 
     k3 estimates KL(pi_old || pi) only on actions drawn from pi_old; offline actions come from
     the data's policy, whose log-ratios (3-5x the online rows' late in a run) measure the data's
-    distance, not the update's step, and would reach `target_kl`'s early stop for it. A
-    minibatch without online rows (mix_ratio 1, the offline-only updates) has no such rows:
-    there all rows, the only estimate it has."""
+    distance, not the update's step, and would reach `target_kl`'s early stop for it. An update
+    without online rows (mix_ratio 1, the offline-only updates) has no such rows: there all
+    rows, the only estimate it has. A minibatch of a mixed update that drew no online rows
+    (possible above mix_ratio 0.5): (None, None), no estimate and no early stop from it."""
+    online = ~offline
+    if update_has_online and not bool(online.any()):
+        return None, None
     with torch.no_grad():
-        rows = log_ratio[~offline] if bool((~offline).any()) else log_ratio
+        rows = log_ratio[online] if update_has_online else log_ratio
         approx_kl = torch.mean((torch.exp(rows) - 1) - rows).cpu().numpy()
         clip_fraction = torch.mean((torch.abs(torch.exp(rows) - 1) > clip_range).float()).item()
     return approx_kl, clip_fraction
@@ -82,7 +86,8 @@ def record_update(model, stats: dict[str, list], loss, clip_range: float, clip_r
                explained_variance(buf.values.flatten(), buf.returns.flatten()))
     for key in ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl",
                 "clip_fraction"):
-        record(f"train/{key}", np.mean(stats[key]))
+        if stats[key]:  # (approx_kl: none if the last epoch's minibatches drew no online rows)
+            record(f"train/{key}", np.mean(stats[key]))
     record("train/loss", loss.item())
     if hasattr(model.policy, "log_std"):
         record("train/std", torch.exp(model.policy.log_std).mean().item())
