@@ -41,6 +41,18 @@ class GaitTest(unittest.TestCase):
         self.assertTrue(rate.startswith("-0.500 ± 0.000"), rate)
 
 
+class PhaseTest(unittest.TestCase):
+    def test_the_final_evaluation_belongs_to_the_runs_last_phase(self):
+        curve = [_evaluation(0, 100.0, 100.0), _evaluation(50_000, 300.0, 100.0),
+                 _evaluation(200_000, 200.0, 100.0), _evaluation(200_704, 400.0, 100.0)]
+        run = {"seed": 0, "timesteps": 200_000, "curve": curve,
+               "dataset_info": {"ref_scores": [0.0, 1000.0]}}
+        cells, _ = gait.table([run], 1000)
+        phases = dict(zip([(0, 0), *gait.PHASES], cells))
+        self.assertTrue(phases[(100_001, 200_000)].endswith("/ 3.00"), phases)  # 200k and 200,704
+        self.assertEqual(phases[(200_001, 500_000)], "-")  # not a phase this run reaches
+
+
 class CommittedTableTest(unittest.TestCase):
     def test_gait_md_regenerates_from_the_committed_records(self):
         files = [RESULTS / name for name in gait.FILES]
