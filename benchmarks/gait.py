@@ -126,8 +126,7 @@ def budget_change(runs: list[dict]) -> str | None:
     against the run's last tenth (its final evaluation included), paired per seed."""
     if runs[0]["timesteps"] <= 200_000:
         return None
-    cells = []
-    pairs = []
+    cells, pairs = [], []
     for r in runs:
         curve, steps = periodic(r["curve"]), r["timesteps"]
         first = gait([p for p in curve if 0 < p["timesteps"] <= 50_000])
@@ -166,7 +165,7 @@ def report(files: list[Path], variants: set[str], min_seeds: int, limit: int = 1
              "|---|---|---|---|" + "---|" * len(phase_names)]
     changes = ["", "Change from step 0 to the last three evaluations, paired per seed (mean ± CI), "
                f"and the score of {limit} steps at the reward per step of step 0 and of the end "
-               "(the gait without falls, normalised):", "",
+               "(the gait without falls, normalised; an upper figure, see the next table):", "",
                "| file | dataset | variant | seeds | length | reward per step | no-fall score, BC | "
                "no-fall score, end |", "|---|---|---|---|---|---|---|---|"]
     split = ["", "Median reward per step of the evaluations after step 0 in which every episode ran "
