@@ -192,11 +192,14 @@ class HybridConfig(EnvConfig):
                              "(the average) is not the one training would go back to")
         return self
 
+    @property
+    def vec_env_kind(self) -> str:
+        """The vec env a run builds: split with one env has nothing to split, so dummy."""
+        return "dummy" if self.vec_env == "split" and self.n_envs < 2 else self.vec_env
+
     @model_validator(mode="after")
     def _restarts_run_in_this_process(self) -> HybridConfig:
-        # split with one env steps it here too (hybrid_training.make_train_env)
-        in_process = self.vec_env == "dummy" or (self.vec_env == "split" and self.n_envs < 2)
-        if self.deterministic_restarts > 0 and not in_process:
+        if self.deterministic_restarts > 0 and self.vec_env_kind != "dummy":
             raise ValueError(f"deterministic_restarts needs vec_env dummy (got {self.vec_env}): "
                              "its envs call the policy being trained, which lives in this process")
         return self

@@ -104,9 +104,8 @@ def make_train_env(cfg, seed: int, device: str):
     wrapper = float32_observations if device == "mps" else None
     if cfg.deterministic_restarts > 0:  # in this process only (HybridConfig checks vec_env)
         wrapper = restart_wrapper(cfg.deterministic_restarts, wrapper)
-    kind = "dummy" if cfg.vec_env == "split" and cfg.n_envs < 2 else cfg.vec_env  # nothing to split
     return make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed, env_kwargs=cfg.env_kwargs,
-                        vec_env_cls=VEC_ENV_CLASSES[kind], wrapper_class=wrapper)
+                        vec_env_cls=VEC_ENV_CLASSES[cfg.vec_env_kind], wrapper_class=wrapper)
 
 
 def build_hybrid(data: OfflineData, bc_checkpoint: Path, cfg, settings: HybridSettings,
