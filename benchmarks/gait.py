@@ -50,6 +50,11 @@ def gait(points: list[dict]) -> tuple[float, float]:
     return float(lengths.sum() / episodes), float(returns.sum() / lengths.sum())
 
 
+def start_and_end(curve: list[dict]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """gait() at step 0 (BC) and over the last three evaluations."""
+    return gait(curve[:1]), gait(curve[-3:])
+
+
 def mean_ci(values: list[float], digits: int) -> str:
     """Mean over seeds with its Student-t 95% CI half-width."""
     x = np.array(values)
@@ -80,8 +85,7 @@ def table(runs: list[dict], limit: int) -> tuple[list[str], list[str]]:
                     if any(within(p, r, low, high) for p in c)]
         cells.append("-" if len(per_seed) < len(curves) else
                      f"{mean_ci([g[0] for g in per_seed], 0)} / {mean_ci([g[1] for g in per_seed], 2)}")
-    start = [gait(c[:1]) for c in curves]
-    end = [gait(c[-3:]) for c in curves]
+    start, end = zip(*[start_and_end(c) for c in curves])
     cells.append(f"{mean_ci([g[0] for g in end], 0)} / {mean_ci([g[1] for g in end], 2)}")
     change = [f"{mean_ci([e[0] - s[0] for s, e in zip(start, end)], 0)}",
               f"{mean_ci([e[1] - s[1] for s, e in zip(start, end)], 3)}",
@@ -99,8 +103,9 @@ def against_baseline(runs: list[dict], base: list[dict]) -> str | None:
     if len(seeds) < 2:
         return None
     cells = [str(len(seeds))]
+    ends = {s: (gait(mine[s]), gait(theirs[s])) for s in seeds}
     for i, digits in ((0, 0), (1, 3)):
-        diff = [gait(mine[s])[i] - gait(theirs[s])[i] for s in seeds]
+        diff = [ends[s][0][i] - ends[s][1][i] for s in seeds]
         p = wilcoxon(diff).pvalue if any(diff) else 1.0
         cells.append(f"{mean_ci(diff, digits)} (p {p:.2g})")
     score = [np.mean([e["normalized_score"] for e in mine[s]])
@@ -149,10 +154,9 @@ def every_variant(path: Path, datasets=("medium-v0", "medium-v1"), min_seeds: in
             curves = [periodic(r["curve"]) for r in runs if not r.get("derived_from")]
             if len(curves) < min_seeds:
                 continue
-            change = [(gait(c[-3:])[0] - gait(c[:1])[0], gait(c[-3:])[1] - gait(c[:1])[1])
-                      for c in curves]
-            lines.append(f"| {dataset} | {variant} | {len(curves)} | "
-                         f"{np.mean([x[0] for x in change]):+.0f} | {np.mean([x[1] for x in change]):+.3f} |")
+            change = np.mean([np.subtract(end, start) for start, end in map(start_and_end, curves)],
+                             axis=0)
+            lines.append(f"| {dataset} | {variant} | {len(curves)} | {change[0]:+.0f} | {change[1]:+.3f} |")
     return lines
 
 
